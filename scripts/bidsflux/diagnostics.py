@@ -1,0 +1,49 @@
+"""Problems found in a user's files, reported as `file:line:col: key.path: message`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    file: str
+    line: int  # 1-based; 0 when the problem has no position (a missing file)
+    col: int  # 1-based
+    key: str  # dotted key path, "" for the document itself
+    message: str
+    severity: str = field(default="error", compare=False)
+
+    def __str__(self) -> str:
+        key = f" {self.key}:" if self.key else ""
+        return f"{self.file}:{self.line}:{self.col}:{key} {self.message}"
+
+
+class UserError(Exception):
+    """A problem the user can fix; the CLI prints it without a traceback and exits 1."""
+
+    def __init__(self, message: str, diagnostics: Iterable[Diagnostic] = ()) -> None:
+        super().__init__(message)
+        self.diagnostics = list(diagnostics)
+
+    def __str__(self) -> str:
+        lines = [self.args[0]] if self.args and self.args[0] else []
+        lines += [str(d) for d in self.diagnostics]
+        return "\n".join(lines)
+
+
+def key_path(path: Iterable[object]) -> str:
+    """Dotted path as users write it: services.gitlab.ports[0].published."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def to_json(diagnostics: Iterable[Diagnostic]) -> str:
+    return json.dumps([asdict(d) for d in diagnostics], indent=2)
