@@ -1,34 +1,15 @@
-"""Shared test helpers.
-
-Integration tests use real engines. When an engine cannot exist here a test may skip, saying
-why; with BIDSFLUX_REQUIRE_INTEGRATION=1 (set by .ci/run) such a skip is a failure instead."""
+"""Shared fixtures. Plain helpers (REPO_ROOT, require, cli) live in tests/support.py:
+import them with `from support import require, cli` (pytest puts tests/ on the path)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from bidsflux.cli import main
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REQUIRE_INTEGRATION = os.environ.get("BIDSFLUX_REQUIRE_INTEGRATION") == "1"
-# What a repository copy needs for validate/render.
-REPO_PARTS = ["stack", "schemas", "ci-templates", ".gitlab-ci.yml"]
-
-
-def require(condition: bool, why: str) -> None:
-    """Skip when an engine is missing, or fail when CI requires integration tests to run."""
-    if condition:
-        return
-    if REQUIRE_INTEGRATION:
-        pytest.fail(f"integration engine unavailable under BIDSFLUX_REQUIRE_INTEGRATION=1: {why}")
-    pytest.skip(why)
+from support import REPO_PARTS, REPO_ROOT, cli, require  # noqa: F401  (re-exported for older imports)
 
 
 @pytest.fixture
@@ -43,16 +24,6 @@ def repo_copy(tmp_path: Path) -> Path:
         elif src.exists():
             shutil.copy2(src, dest / part)
     return dest
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> Result:
-    """Run the bidsflux CLI in-process; a Python traceback for any outcome is a test failure."""
-    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        tb = "".join(traceback.format_exception(result.exception))
-        pytest.fail(f"bidsflux {' '.join(args)} raised instead of reporting:\n{tb}")
-    assert "Traceback (most recent call last)" not in result.output
-    return result
 
 
 @pytest.fixture
