@@ -30,6 +30,11 @@ def friendly_errors(func: F) -> F:
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             sys.exit(1)
+        except OSError as exc:
+            # Files and folders the user named (permissions, full disk, missing parent folder).
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            err_console.print(f"[bold red]error:[/]{where}: {exc.strerror or exc}", markup=True, highlight=False)
+            sys.exit(1)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
