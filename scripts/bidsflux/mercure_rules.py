@@ -95,6 +95,21 @@ def check_trigger_series(text: str) -> str | None:
     return err
 
 
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|ACCESS_KEY|^S3_ID$|API_KEY", re.I)
+
+
+def _conversion_problems(doc: Document, site: Mapping[str, Any]) -> list[Diagnostic]:
+    """What the conversion to mercure.json would refuse (templates, keys bidsflux sets itself)."""
+    from .diagnostics import UserError
+    from .mercure_config import managed_config
+
+    try:
+        managed_config(site, doc)
+    except UserError as exc:
+        return exc.diagnostics
+    return []
+
+
 def check_rules(doc: Document, site: Mapping[str, Any], secret_catalog: Mapping[str, Any] | None) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     data = doc.data
@@ -129,6 +144,13 @@ def check_rules(doc: Document, site: Mapping[str, Any], secret_catalog: Mapping[
             for i, secret in enumerate(module.get("secrets") or []):
                 if secret not in secret_catalog:
                     out.append(doc.diagnostic(["modules", name, "secrets", i], f"unknown secret '{secret}' (declared in stack/bidsflux.stack.yml: {', '.join(sorted(secret_catalog))})"))
+    for name, module in modules.items():
+        for key in module.get("environment") or {}:
+            if _SECRET_NAME.search(key):
+                out.append(doc.diagnostic(["modules", name, "environment", key],
+                                          "looks like a secret: mercure.json is plain text; list the secret under "
+                                          "secrets (mounted as a file at /var/run/secrets/<name>) instead"))
+    out.extend(_conversion_problems(doc, site))
     receiver = (data.get("settings") or {}).get("receiver") or {}
     ae = receiver.get("ae_title")
     if ae is not None and ae != site["dicom_endpoint"]["ae_title"]:
