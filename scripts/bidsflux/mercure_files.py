@@ -69,8 +69,10 @@ def atomic_write(target: Path, text: str, mode: int = 0o644, owner: tuple[int, i
     file (None when there was none). Call it while holding the lock."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     backup: Path | None = None
+    created = False
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+        created = True
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -92,8 +94,9 @@ def atomic_write(target: Path, text: str, mode: int = 0o644, owner: tuple[int, i
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}; the old file is unchanged") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if created:  # never remove a file someone else made under that name
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return backup
 
 
