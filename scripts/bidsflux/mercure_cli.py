@@ -351,7 +351,17 @@ def register(main: click.Group) -> None:
         out_dir = Path(output) if output else base
         out_dir.mkdir(parents=True, exist_ok=True)
         compose_file = out_dir / "docker-compose.yml"
-        compose_file.write_text(render_mercure_compose(repo, site_data_doc(repo)), encoding="utf-8")
+        text = render_mercure_compose(repo, site_data_doc(repo))
+        if compose_command() == ["docker-compose"]:
+            # Debian's docker-compose 1.x rejects the top-level `name`; -p gives the project name.
+            import yaml
+
+            from .render import dump_yaml
+
+            data = yaml.safe_load(text)
+            data.pop("name", None)
+            text = text.splitlines(keepends=True)[0] + dump_yaml(data)
+        compose_file.write_text(text, encoding="utf-8")
         notes = prepare_folders(site_data, rules)
         config_dir = base / "config"
         secret_file = Path(site_data["secrets"]["file"])
