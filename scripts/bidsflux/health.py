@@ -161,8 +161,14 @@ class Secrets:
         self.env = env
         self.file_problem = ""
         self._file_values: dict[str, str] | None = None
+        self.alias_names: set[str] = set()
+        self._lock = threading.Lock()  # checks read secrets from their own threads
 
     def _from_file(self) -> dict[str, str]:
+        with self._lock:
+            return self._read_file()
+
+    def _read_file(self) -> dict[str, str]:
         if self._file_values is None:
             self._file_values = {}
             if self.file is not None:
@@ -176,19 +182,25 @@ class Secrets:
                     self.file_problem = f"cannot read {self.file}: {exc.__class__.__name__}"
         return self._file_values
 
-    def get(self, logical: str) -> str | None:
-        for var in (f"BIDSFLUX_SECRET_{logical.upper()}", *SECRET_ENV_ALIASES.get(logical, ())):
+    def get(self, logical: str, aliases: Iterable[str] = ()) -> str | None:
+        """`aliases` are further variables holding it (a CI variable named in gitlab.yml)."""
+        for var in (f"BIDSFLUX_SECRET_{logical.upper()}", *aliases, *SECRET_ENV_ALIASES.get(logical, ())):
             if self.env.get(var):
+                with self._lock:
+                    self.alias_names.add(var)
                 return self.env[var]
         return self._from_file().get(logical.lower()) or None
 
-    def how_to_provide(self, logical: str) -> str:
+    def how_to_provide(self, logical: str, aliases: Iterable[str] = ()) -> str:
         where = f"add `{logical}=...` to {self.file}" if self.file else "set secrets.file in site.yml"
         note = f" ({self.file_problem})" if self.file_problem else ""
-        return f"set BIDSFLUX_SECRET_{logical.upper()} or {where}{note}"
+        names = " or ".join([f"BIDSFLUX_SECRET_{logical.upper()}", *aliases])
+        return f"set {names}, or {where}{note}"
 
     def known_values(self) -> list[str]:
         values = [v for k, v in self.env.items() if k.startswith("BIDSFLUX_SECRET_") and v]
+        with self._lock:
+            values += [self.env[a] for a in self.alias_names if self.env.get(a)]
         values += [self.env[a] for aliases in SECRET_ENV_ALIASES.values() for a in aliases if self.env.get(a)]
         values += [v for v in self._from_file().values() if v]
         # Short values would scrub ordinary words; secrets generated here are long.
@@ -415,6 +427,47 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True)
+class BotToken:
+    key: str  # the user's key in gitlab.yml
+    username: str
+    logical: str  # secret name in the secrets file
+    aliases: tuple[str, ...]  # CI variables that carry it in the site's pipelines
+    admin: bool
+
+
+def bot_tokens(ctx: Context) -> list[BotToken]:
+    """The bot tokens gitlab.yml issues (a user key that is a site.yml `bots` key takes its user
+    name from there); without gitlab.yml users, the site's two bots."""
+    bots = {k: v for k, v in ctx.site["bots"].items() if k != "email_domain"}
+    users = ctx.gitlab_doc.get("users") if isinstance(ctx.gitlab_doc.get("users"), dict) else {}
+    out = []
+    for key, spec in (users or {k: {} for k in bots}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        token = spec.get("token") if isinstance(spec.get("token"), dict) else {}
+        if users and not token:
+            continue
+        variable = token.get("variable")
+        out.append(BotToken(key, str(bots.get(key, key)), str(token.get("secret") or f"{key}_gitlab_token"),
+                            (str(variable),) if variable else (), bool(spec.get("admin"))))
+    return out
+
+
+def admin_token(ctx: Context) -> tuple[str | None, str]:
+    """An admin token (the automation bot's, else `gitlab_admin_token`) and how to provide one."""
+    for bot in bot_tokens(ctx):
+        if bot.admin:
+            value = ctx.secrets.get(bot.logical, bot.aliases)
+            if value:
+                return value, ""
+    value = ctx.secrets.get("gitlab_admin_token")
+    if value:
+        return value, ""
+    admins = [b for b in bot_tokens(ctx) if b.admin]
+    how = ctx.secrets.how_to_provide(admins[0].logical, admins[0].aliases) if admins else ctx.secrets.how_to_provide("gitlab_admin_token")
+    return None, how
+
+
 # ---------------------------------------------------------------------------------------------
 # swarm
 
@@ -581,11 +634,12 @@ def check_gitlab(ctx: Context, report: Report, timeout: float) -> None:
     except Exception as exc:  # noqa: BLE001
         report.fail(_http_problem(exc, reg, io), "is the registry enabled and its port published?")
 
-    bot = ctx.site["bots"]["dicom_bot"]
-    logical = "dicom_bot_gitlab_token"
-    token = ctx.secrets.get(logical)
+    entry = next((b for b in bot_tokens(ctx) if b.key == "dicom_bot"), None) or BotToken(
+        "dicom_bot", ctx.site["bots"]["dicom_bot"], "dicom_bot_gitlab_token", (), False)
+    bot, logical = entry.username, entry.logical
+    token = ctx.secrets.get(logical, entry.aliases)
     if token is None:
-        report.warn(f"no token for {bot} available here, API not checked", ctx.secrets.how_to_provide(logical))
+        report.warn(f"no token for {bot} available here, API not checked", ctx.secrets.how_to_provide(logical, entry.aliases))
         return
     report.step = f"GET {base}/api/v4/user as {bot}"
     try:
@@ -630,10 +684,9 @@ def check_runners(ctx: Context, report: Report, timeout: float) -> None:
     if not fleet:
         report.warn("stack/runners.yml lists no runner", "describe the runner fleet in stack/runners.yml")
         return
-    logical = "gitlab_admin_token"
-    token = ctx.secrets.get(logical)
+    token, how = admin_token(ctx)
     if token is None:
-        report.fail("no admin token available to list runners", ctx.secrets.how_to_provide(logical))
+        report.fail("no admin token available to list runners", how)
         return
     base = ctx.endpoints["gitlab"].rstrip("/")
     report.step = f"GET {base}/api/v4/runners/all"
@@ -954,12 +1007,12 @@ def check_expiry(ctx: Context, report: Report, timeout: float) -> None:
     warn, fail = health["token_warn_days"], health["token_fail_days"]
     base = ctx.endpoints["gitlab"].rstrip("/")
 
-    bots = list((ctx.gitlab_doc.get("users") or {}).keys()) or [ctx.site["bots"]["dicom_bot"], ctx.site["bots"]["bids_bot"]]
-    for bot in bots:
-        logical = f"{bot}_gitlab_token"
-        token = ctx.secrets.get(logical)
+    for entry in bot_tokens(ctx):
+        bot = entry.username
+        token = ctx.secrets.get(entry.logical, entry.aliases)
         if token is None:
-            report.warn(f"no token for {bot} available here, its expiry is not checked", ctx.secrets.how_to_provide(logical))
+            report.warn(f"no token for {bot} available here, its expiry is not checked",
+                        ctx.secrets.how_to_provide(entry.logical, entry.aliases))
             continue
         report.step = f"GET {base}/api/v4/personal_access_tokens/self ({bot})"
         try:
@@ -968,7 +1021,7 @@ def check_expiry(ctx: Context, report: Report, timeout: float) -> None:
             reason, fix = _gitlab_error(exc, f"{bot}'s token", base, io)
             report.fail(reason, fix)
             continue
-        rotate = f"bidsflux gitlab tokens rotate {bot}"
+        rotate = f"bidsflux gitlab tokens rotate {entry.key}"
         if getattr(info, "revoked", False) or getattr(info, "active", True) is False:
             report.fail(f"{bot}'s token is revoked or inactive", rotate)
             continue
