@@ -629,6 +629,7 @@ def _routes(gl: GitLabEmulator) -> list[tuple[str, re.Pattern[str], Handler, str
         ("GET", rf"/users/{SEG}", lambda c: _user_public(_get_user(gl, c.args[0]), full=bool(c.user and c.user["is_admin"])), "read_user", False),
         ("POST", r"/users", lambda c: _create_user(gl, c), "write", True),
         ("DELETE", rf"/users/{SEG}", lambda c: _delete_user(gl, c), "write", True),
+        ("PUT", rf"/users/{SEG}", lambda c: _update_user(gl, c), "write", True),
         ("POST", rf"/users/{SEG}/personal_access_tokens", lambda c: _create_pat(gl, c), "write", True),
         ("GET", r"/personal_access_tokens", lambda c: _list_pats(gl, c), "read", False),
         ("GET", r"/personal_access_tokens/self", lambda c: c.token.public() if c.token else None, "any", False),
@@ -828,6 +829,16 @@ def _create_user(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
         raise HTTPError(400, {"message": {"username": ["can contain only letters, digits, '_', '-' and '.'"]}})
     user = gl._add_user(str(c.params["username"]), str(c.params["name"]), str(c.params["email"]),
                         admin=as_bool(c.params.get("admin", False)))
+    return _user_public(user, full=True)
+
+
+def _update_user(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
+    user = _get_user(gl, c.args[0])
+    for k in ("name", "email"):
+        if k in c.params:
+            user[k] = str(c.params[k])
+    if "admin" in c.params:
+        user["is_admin"] = as_bool(c.params["admin"])
     return _user_public(user, full=True)
 
 
