@@ -1,0 +1,48 @@
+"""Fixtures for the GitLab tests: a repository copy with a unique stack name, and cleanup of the
+docker secrets that stack gets (real swarm secrets; the test removes only its own)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import require
+
+
+def _docker():  # type: ignore[no-untyped-def]
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        swarm = client.info().get("Swarm", {}).get("LocalNodeState") == "active"
+    except Exception:  # noqa: BLE001 - any failure means no engine
+        return None
+    return client if swarm else None
+
+
+@pytest.fixture
+def swarm_client() -> Iterator[object]:
+    client = _docker()
+    require(client is not None, "needs a Docker engine that is a swarm manager (docker swarm init)")
+    yield client
+
+
+@pytest.fixture
+def site_repo(repo_copy: Path, swarm_client) -> Iterator[tuple[Path, str]]:  # type: ignore[no-untyped-def]
+    """(repository copy, stack name) where site.name is unique; its swarm secrets are removed after."""
+    stack = "bfgl" + uuid.uuid4().hex[:8]
+    site = repo_copy / "stack" / "site.yml"
+    text = site.read_text()
+    text = re.sub(r"(?m)^(\s+name:\s*)\S+", rf"\g<1>{stack}", text, count=1)
+    text = text.replace("/var/lib/bidsflux/secrets.env", str(repo_copy / "state" / "secrets.env"))
+    site.write_text(text)
+    try:
+        yield repo_copy, stack
+    finally:
+        for s in swarm_client.secrets.list(filters={"label": f"io.bidsflux.stack={stack}"}):
+            s.remove()
