@@ -120,6 +120,7 @@ def _register_optional() -> None:
         ("bidsflux.gitlab_cli", "register"),
         ("bidsflux.mercure_cli", "register"),
         ("bidsflux.health_cli", "register"),
+        ("bidsflux.ci_cli", "register"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -28,8 +28,9 @@ class Document:
         line, col = 1, 1
         for part in path:
             if isinstance(node, CommentedMap) and part in node:
-                ln, cl = node.lc.key(part)
-                line, col = ln + 1, cl + 1
+                position = _key_position(node, part)
+                if position is not None:
+                    line, col = position[0] + 1, position[1] + 1
                 node = node[part]
             elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
                 ln, cl = node.lc.item(part)
@@ -42,6 +43,20 @@ class Document:
     def diagnostic(self, path: list[object] | tuple[object, ...], message: str) -> Diagnostic:
         line, col = self.locate(path)
         return Diagnostic(self.display, line, col, key_path(path), message)
+
+
+def _key_position(node: CommentedMap, key: object) -> tuple[int, int] | None:
+    """Where `key` is written: in the map itself, or in a map merged into it with `<<:`."""
+    try:
+        return node.lc.key(key)
+    except KeyError:
+        pass
+    # ruamel's merge list held (index, map) pairs in older releases and plain maps in newer ones
+    for entry in getattr(node, "merge", None) or []:
+        merged = entry[1] if isinstance(entry, tuple) else entry
+        if isinstance(merged, CommentedMap) and key in merged:
+            return _key_position(merged, key)
+    return None
 
 
 def to_plain(node: Any) -> Any:
