@@ -555,7 +555,8 @@ def check_swarm(ctx: Context, report: Report, timeout: float) -> None:
         else:  # global: one per eligible node, i.e. every task the orchestrator wants running
             desired = len({t.get("NodeID") for t in tasks if t.get("DesiredState") == "running"})
         recent = [t for t in tasks if (c := _parse_time(t.get("CreatedAt"))) and (now - c).total_seconds() <= ctx.restart_window]
-        ended = [t for t in recent if (t.get("Status") or {}).get("State") in {"failed", "rejected", "shutdown", "complete", "orphaned"}
+        # Tasks that ended on their own; `shutdown` is what a rolling update leaves, not a restart.
+        ended = [t for t in recent if (t.get("Status") or {}).get("State") in {"failed", "rejected", "complete"}
                  and t.get("DesiredState") != "running"]
         failed = sorted((t for t in tasks if (t.get("Status") or {}).get("State") in {"failed", "rejected"}),
                         key=lambda t: (t.get("Status") or {}).get("Timestamp", ""), reverse=True)
@@ -568,9 +569,10 @@ def check_swarm(ctx: Context, report: Report, timeout: float) -> None:
             report.fail(f"{full}: {len(running)}/{desired} replicas running{why}",
                         f"docker service ps --no-trunc {full}; fix the cause, then bidsflux deploy")
         elif len(ended) >= ctx.restart_threshold:
+            # Up right now, but a loop: it will be down again in a moment.
             why = f" (last: {_task_error(failed[0])})" if failed else ""
-            report.warn(f"{full}: {len(ended)} task restarts within {ctx.restart_window / 60:g} min{why}",
-                        f"docker service logs {full}: the service keeps restarting")
+            report.fail(f"{full}: {len(running)}/{desired} running but {len(ended)} task restarts within "
+                        f"{ctx.restart_window / 60:g} min{why}", f"docker service logs {full}: the service keeps restarting")
         else:
             report.ok(f"{full}: {len(running)}/{desired}")
 

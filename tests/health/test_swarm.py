@@ -52,9 +52,9 @@ def busybox_image(docker_swarm: Any, tmp_path_factory: pytest.TempPathFactory) -
         pass
 
 
-@pytest.fixture
-def failing_stack(docker_swarm: Any, busybox_image: str) -> Iterator[tuple[str, str]]:
-    """A stack namespace with its overlay network and one service whose command always fails."""
+def _stack_with(docker_swarm: Any, busybox_image: str, script: str, attempts: int) -> Iterator[tuple[str, str]]:
+    """A stack namespace with its overlay network and one service `<stack>_gitlab` running `script`,
+    restarted on failure `attempts` times (0: forever); yields once it settled (see below)."""
     from docker.types import RestartPolicy
 
     stack = f"bfh{uuid.uuid4().hex[:8]}"
@@ -63,13 +63,15 @@ def failing_stack(docker_swarm: Any, busybox_image: str) -> Iterator[tuple[str, 
     service = None
     try:
         service = docker_swarm.services.create(
-            busybox_image, command=["/bin/busybox", "sh", "-c", "echo boom >&2; exit 3"],
+            busybox_image, command=["/bin/busybox", "sh", "-c", script],
             name=f"{stack}_gitlab", labels={"com.docker.stack.namespace": stack, "io.bidsflux.test": "health"},
-            restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000, max_attempts=0),
+            restart_policy=RestartPolicy(condition="on-failure", delay=100_000_000, max_attempts=attempts),
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if any((t.get("Status") or {}).get("State") == "failed" for t in service.tasks()):
+            failed = [t for t in service.tasks() if (t.get("Status") or {}).get("State") == "failed"]
+            # Out of attempts (so the service stays at 0/1), or failing over and over for ever.
+            if (attempts and len(failed) > attempts) or (not attempts and failed):
                 break
             time.sleep(0.5)
         else:
@@ -88,6 +90,18 @@ def failing_stack(docker_swarm: Any, busybox_image: str) -> Iterator[tuple[str, 
                 break
             except Exception:  # noqa: BLE001 - endpoints still detaching
                 time.sleep(0.5)
+
+
+@pytest.fixture
+def failing_stack(docker_swarm: Any, busybox_image: str) -> Iterator[tuple[str, str]]:
+    """A service whose command always fails at once."""
+    yield from _stack_with(docker_swarm, busybox_image, "echo boom >&2; exit 3", attempts=2)
+
+
+@pytest.fixture
+def restarting_stack(docker_swarm: Any, busybox_image: str) -> Iterator[tuple[str, str]]:
+    """A service that runs for a moment, then fails, again and again."""
+    yield from _stack_with(docker_swarm, busybox_image, "sleep 2; exit 4", attempts=0)
 
 
 def test_failing_service_shows_as_failing_with_its_task_error(site_copy: Callable[..., Path], failing_stack: tuple[str, str]) -> None:
@@ -128,3 +142,24 @@ def test_unreachable_engine_is_a_failed_check_not_a_traceback(site_copy: Callabl
     swarm = json.loads(result.stdout)["checks"][0]
     assert result.exit_code == 1 and swarm["status"] == "fail"
     assert "cannot reach the Docker engine" in swarm["reason"]
+
+
+def test_restart_loop_fails_even_while_a_task_runs(site_copy: Callable[..., Path], restarting_stack: tuple[str, str]) -> None:
+    stack, network = restarting_stack
+
+    def ours(d: Any) -> None:
+        d["site"]["name"] = stack
+        d["swarm"]["network"]["name"] = network
+
+    site = str(site_copy(ours))
+    seen: list[str] = []
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        swarm = json.loads(cli("health", "--site", site, "--check", "swarm", "--format", "json").stdout)["checks"][0]
+        line = next((d for d in swarm["details"] if d.startswith(f"fail: {stack}_gitlab: 1/1")), None)
+        if line is not None:
+            assert "task restarts within 10 min" in line and "non-zero exit (4)" in line, line
+            return
+        seen = swarm["details"]
+        time.sleep(1)
+    pytest.fail(f"no restart-loop failure for {stack}_gitlab; last details: {seen}")
