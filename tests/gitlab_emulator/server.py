@@ -473,6 +473,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         gl = self.gitlab
         if raw_path.startswith("/api/v4/"):
             self._api(method, raw_path[len("/api/v4"):], query)
+        elif raw_path.startswith("/-/emulator/rails/"):
+            self._rails_standin(raw_path, _params(parse_qsl(self._body().decode(), keep_blank_values=True)))
         elif raw_path.startswith("/-/"):
             self._health(raw_path, query)
         elif raw_path == "/v2/" or raw_path == "/v2":
@@ -488,6 +490,29 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._git(method, raw_path, split.query)
         else:
             self._send(404, {"message": "404 Not Found"})
+
+    def _rails_standin(self, path: str, form: dict[str, Any]) -> None:
+        """Test hook for a stand-in `gitlab-rails` script: what the real Rails code would do to the
+        database (create a token with a chosen value, revoke tokens by name). Not part of GitLab."""
+        gl = self.gitlab
+        with gl.lock:
+            if path.endswith("/mint"):
+                user = gl._user_by_username(str(form.get("user", "")))
+                if user is None:
+                    self._send(422, "no such user")
+                    return
+                exp = now().date() + dt.timedelta(days=int(form.get("days", 1)))
+                tok = gl.add_token_record(user["id"], str(form["token"]), str(form["name"]),
+                                          as_list(form.get("scopes")), exp)
+                self._send(200, f"bidsflux-token-id={tok.id}\n")
+            elif path.endswith("/revoke"):
+                n = 0
+                for t in gl.state.tokens.values():
+                    if t.name == form.get("name") and t.active():
+                        t.revoked, n = True, n + 1
+                self._send(200, f"bidsflux-revoked={n}\n")
+            else:
+                self._send(404, "unknown stand-in hook")
 
     def _health(self, path: str, query: dict[str, Any]) -> None:
         gl = self.gitlab
