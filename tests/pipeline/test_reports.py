@@ -8,9 +8,9 @@ from typing import Any
 
 import gitlab
 import pytest
-from support import cli
 
 from bidsflux.pipeline_reports import PLAN_MARKER, Problem, sync_issues, upsert_plan_note
+from support import cli
 
 
 @pytest.fixture
