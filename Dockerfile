@@ -1,0 +1,13 @@
+# The ops image the self-management pipeline runs its jobs in (built by the build-ops-image job,
+# pinned per commit). It holds the bidsflux CLI and the docker CLI for `docker stack deploy`.
+FROM python:3.11-slim-bookworm
+# docker.io is Debian's only package with the docker CLI in bookworm; the daemon in it never runs here.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends docker.io docker-compose git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/bidsflux
+COPY pyproject.toml README.md ./
+COPY scripts ./scripts
+RUN pip install --no-cache-dir . && bidsflux --version
+# Jobs run in their checkout, which holds stack/ and schemas/.
+ENTRYPOINT []
