@@ -12,7 +12,7 @@ Where things are reached (endpoints) and the credentials used:
 - secrets cannot be read back from docker, so values come from, first to last: the environment
   variable BIDSFLUX_SECRET_<LOGICAL> (e.g. BIDSFLUX_SECRET_S3_ID), the CI variables the site's
   pipelines already carry (S3_ID, S3_SECRET), then the site's secrets file (`secrets.file`,
-  lines `name=value`, names as in the stack's x-bidsflux-secrets). Values never appear in any
+  `name='value'` lines as bootstrap writes them, names as in the stack's x-bidsflux-secrets). Values never appear in any
   output: every reason, fix and detail is scrubbed of every known secret value.
 """
 
@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import socket
 import ssl
@@ -135,24 +134,6 @@ def default_endpoints(site: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def parse_secrets_file(text: str) -> dict[str, str]:
-    """`name=value` lines (optionally `export name=value`, shell quoting, # comments)."""
-    values: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        name, _, value = line.partition("=")
-        try:
-            parts = shlex.split(value, comments=True)
-        except ValueError:
-            parts = [value.strip()]
-        values[name.strip().lower()] = parts[0] if parts else ""
-    return values
-
-
 class Secrets:
     """Secret values by logical name, from the environment or the site's secrets file."""
 
@@ -172,13 +153,18 @@ class Secrets:
         if self._file_values is None:
             self._file_values = {}
             if self.file is not None:
+                from .secretstore import read_values_file
+
                 try:
-                    self._file_values = parse_secrets_file(self.file.read_text(encoding="utf-8"))
+                    if not self.file.exists():
+                        raise FileNotFoundError(self.file)
+                    # The file bootstrap writes: `name='value'` lines in shell syntax.
+                    self._file_values = {k.lower(): v for k, v in read_values_file(self.file).items()}
                 except FileNotFoundError:
                     self.file_problem = f"{self.file} does not exist on this host"
                 except PermissionError:
                     self.file_problem = f"{self.file} is not readable by this user (it is root-only)"
-                except (OSError, UnicodeDecodeError) as exc:
+                except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: broken shell quoting
                     self.file_problem = f"cannot read {self.file}: {exc.__class__.__name__}"
         return self._file_values
 
@@ -366,7 +352,7 @@ def load_context(site_path: str | None, root: str | None, endpoint_overrides: Ma
     return Context(
         site=site, endpoints=endpoints, secrets=Secrets(file, env),
         gitlab_doc=optional(repo.gitlab_file), runners_doc=optional(repo.runners_file),
-        ci_doc=optional(repo.gitlab_ci), timeout=timeout,
+        ci_doc=load_ci(repo.root), timeout=timeout,
     )
 
 
@@ -665,18 +651,60 @@ CI_GLOBAL_KEYS = {"stages", "variables", "default", "include", "workflow", "imag
                   "cache", "before_script", "after_script", "types", "pages"}
 
 
+def _inherited(ci: Mapping[str, Any], job: str, key: str, depth: int = 0) -> Any:
+    """`key` of `job` following `extends` (a later parent wins, as in GitLab); None when unset."""
+    spec = ci.get(job)
+    if not isinstance(spec, dict) or depth > 10:
+        return None
+    if key in spec:
+        return spec[key]
+    parents = spec.get("extends") or []
+    for parent in reversed([parents] if isinstance(parents, str) else list(parents)):
+        found = _inherited(ci, str(parent), key, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def ci_job_tags(ci: Mapping[str, Any]) -> dict[str, frozenset[str]]:
-    """Tags of each runnable job of .gitlab-ci.yml (hidden `.jobs` are templates, not jobs)."""
+    """Tags of each runnable job (hidden `.jobs` are templates, not jobs), through `extends` and
+    `default:`; `ci` is .gitlab-ci.yml merged over its local includes."""
     default = ci.get("default") if isinstance(ci.get("default"), dict) else {}
     out: dict[str, frozenset[str]] = {}
     for job, spec in ci.items():
         if job in CI_GLOBAL_KEYS or job.startswith(".") or not isinstance(spec, dict):
             continue
-        if "script" not in spec and "trigger" not in spec and "extends" not in spec:
+        if _inherited(ci, job, "script") is None and _inherited(ci, job, "trigger") is None:
             continue
-        tags = spec.get("tags", default.get("tags") or [])
-        out[job] = frozenset(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else frozenset()
+        tags = _inherited(ci, job, "tags")
+        if tags is None:
+            tags = default.get("tags") or []
+        out[job] = frozenset(t for t in tags if isinstance(t, str) and "$" not in t) if isinstance(tags, list) else frozenset()
     return out
+
+
+def load_ci(root: Path) -> dict[str, Any]:
+    """.gitlab-ci.yml merged over the files it includes with `local:` (what defines job templates)."""
+    from .yamlsource import load
+
+    def read(path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            return {}
+        try:
+            data = load(path, root).data
+        except UserError:
+            return {}  # `bidsflux validate` reports broken CI files
+        return data if isinstance(data, dict) else {}
+
+    main = read(root / ".gitlab-ci.yml")
+    merged: dict[str, Any] = {}
+    includes = main.get("include") or []
+    for item in [includes] if isinstance(includes, (str, dict)) else includes:
+        local = item if isinstance(item, str) else (item.get("local") if isinstance(item, dict) else None)
+        if isinstance(local, str) and "://" not in local:
+            merged.update(read(root / local.lstrip("/")))
+    merged.update(main)
+    return merged
 
 
 @check("runners", timeout=15, summary="each runner of runners.yml online with recent contact; every CI job tag served")

@@ -101,7 +101,8 @@ def register_fleet(emu: Any, repo: Path) -> dict[str, int]:
     gl.auth()
     ids = {}
     for key, spec in _fleet(repo).items():
-        created = gl.user.runners.create({"runner_type": "instance_type", "description": spec["description"],
+        # As `bidsflux runners register` does: a runner is known by its runners.yml name.
+        created = gl.user.runners.create({"runner_type": "instance_type", "description": key,
                                           "tag_list": spec["tags"], "run_untagged": spec["run_untagged"]})
         ids[key] = created.id
         emu.set_runner_online(created.id, True)
@@ -126,7 +127,8 @@ def test_runners_online_and_tags_served(site: Path, gitlab_emulator: Any) -> Non
     # leaves that job without a runner.
     gitlab_emulator.set_runner_online(ids["dind"], False)
     code, data, _ = health(site, gitlab_emulator, "runners", env=env)
-    assert any("CI job validate needs dind: no online runner serves it" in d for d in data["checks"][0]["details"])
+    assert any("CI job validate needs dind" in d and "no online runner serves it" in d
+               for d in data["checks"][0]["details"]), data
 
 
 def test_unregistered_runner_and_missing_admin_token(site: Path, gitlab_emulator: Any) -> None:

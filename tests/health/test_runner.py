@@ -107,15 +107,21 @@ def test_secrets_never_appear_in_results() -> None:
     assert "***" in results[0].reason and "***" in results[1].reason
 
 
-def test_secrets_file_parsing() -> None:
-    values = health.parse_secrets_file(textwrap.dedent("""
-        # generated once
-        s3_id=AKID1
-        export S3_SECRET='with space and # hash'
-        minio_root_password="quoted" # trailing comment
-        not a line
-    """))
-    assert values == {"s3_id": "AKID1", "s3_secret": "with space and # hash", "minio_root_password": "quoted"}
+def test_secrets_come_from_the_values_file_bootstrap_writes_and_env_overrides(tmp_path: Path) -> None:
+    from bidsflux.secretstore import write_values_file
+
+    path = tmp_path / "secrets.env"
+    write_values_file(path, {"s3_id": "AKID1", "s3_secret": "with space and # hash", "MERCURE_WEB_USER": "admin1"})
+    secrets = health.Secrets(path, {"BIDSFLUX_SECRET_S3_ID": "AKID-ENV", "CI_TOKEN": "from-ci"})
+    assert secrets.get("s3_id") == "AKID-ENV"
+    assert secrets.get("s3_secret") == "with space and # hash"
+    assert secrets.get("mercure_web_user") == "admin1"
+    assert secrets.get("dicom_bot_gitlab_token", ("CI_TOKEN",)) == "from-ci"
+    assert secrets.get("absent") is None
+    missing = health.Secrets(tmp_path / "nope.env", {})
+    assert missing.get("s3_id") is None
+    assert "does not exist on this host" in missing.how_to_provide("s3_id")
+    assert missing.how_to_provide("s3_id").startswith("set BIDSFLUX_SECRET_S3_ID")
 
 
 @pytest.mark.parametrize(("warn", "fail", "status"), [(100, 100, "ok"), (1, 100, "warn"), (1, 1, "fail")])
