@@ -1,0 +1,5 @@
+"""`python -m bidsflux` runs the CLI (the console script `bidsflux` is the usual way)."""
+
+from bidsflux.cli import main
+
+main()
