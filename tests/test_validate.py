@@ -60,9 +60,9 @@ def test_port_collision_is_rejected(repo_copy: Path) -> None:
 
 
 def test_ci_job_tag_no_runner_offers(repo_copy: Path) -> None:
-    edit(repo_copy, ".gitlab-ci.yml", "  tags: [dind]", "  tags: [dind, gpu]")
+    edit(repo_copy, "ci-templates/bidsflux-ops.yml", "  tags: [dind, swarm-manager]", "  tags: [dind, gpu]")
     found = problems(repo_copy)
-    assert [(p["file"], p["key"]) for p in found] == [(".gitlab-ci.yml", "validate.tags")]
+    assert [(p["file"], p["key"]) for p in found] == [("ci-templates/bidsflux-ops.yml", ".bidsflux-ops.tags")]
     assert "no runner in stack/runners.yml offers all of dind, gpu" in found[0]["message"]
 
 
