@@ -105,7 +105,9 @@ def rotate_one(ctx: SwarmContext, logical: str, console: Console, timeout: float
     for service in moving:
         _step(console, f"service {service} converged on {target.name}")
     removed = []
-    still_used = {v.name for v in our_secrets(client, ctx.stack) if v.used_by}
+    # The moved services' previous spec still names the old version; rolling a rotation back to
+    # a retired secret is never wanted, so only current specs count here (gc is stricter).
+    still_used = {v.name for v in our_secrets(client, ctx.stack, include_previous=False) if v.used_by}
     for v in sorted(versions, key=lambda v: v.version):
         if v.name != target.name and v.name not in still_used and v.version < target.version:
             client.api.remove_secret(v.id)

@@ -156,13 +156,13 @@ class SecretVersion:
     used_by: list[str]
 
 
-def our_secrets(client, stack: str) -> list[SecretVersion]:  # type: ignore[no-untyped-def]
-    """Every version of every secret of `stack` carrying our labels, with the services using it
-    (their current spec, or their previous spec which a rollback would return to)."""
+def our_secrets(client, stack: str, include_previous: bool = True) -> list[SecretVersion]:  # type: ignore[no-untyped-def]
+    """Every version of every secret of `stack` carrying our labels, with the services using it:
+    their current spec, and (include_previous) the previous spec a rollback would return to."""
     api = client.api
     users: dict[str, set[str]] = {}
     for svc in api.services():
-        for spec_key in ("Spec", "PreviousSpec"):
+        for spec_key in ("Spec", "PreviousSpec") if include_previous else ("Spec",):
             spec = svc.get(spec_key) or {}
             for ref in ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Secrets") or []:
                 users.setdefault(ref.get("SecretID", ""), set()).add(svc["Spec"]["Name"])
