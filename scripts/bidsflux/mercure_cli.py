@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -297,13 +298,18 @@ def register(main: click.Group) -> None:
     @root_option
     @config_dir_option
     @click.option("--prune", is_flag=True, help="Also remove rules, modules and targets not in rules.yml.")
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
     @friendly_errors
-    def plan_cmd(site: str | None, root: str | None, config_dir: str | None, prune: bool) -> None:
+    def plan_cmd(site: str | None, root: str | None, config_dir: str | None, prune: bool, fmt: str) -> None:
         """Show what `push` would change in the live mercure.json. Exit 0 none, 2 changes, 1 error."""
         repo, site_data, rules = _load(site, root)
         target = _config_dir(site_data, config_dir) / "mercure.json"
         live = read_json(target)
         wanted = _wanted(repo, site_data, rules, live, prune)
+        if fmt == "json":
+            found = mc.changes(live, wanted)
+            click.echo(json.dumps({"file": str(target), "exists": live is not None, "changes": found}, indent=2, sort_keys=True))
+            sys.exit(2 if found else 0)
         _report_unmanaged(live, repo, site_data, rules, prune)
         if live == wanted:
             click.echo(f"{target}: no changes")

@@ -336,6 +336,31 @@ def dumps(config: Mapping[str, Any]) -> str:
     return json.dumps(config, indent=4, sort_keys=True) + "\n"
 
 
+def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plan as typed changes for merge-request notes: names and changed field names only,
+    never values (a module's environment may name credentials)."""
+    out: list[dict[str, Any]] = []
+    if old is None:
+        # A missing file is one change; its default settings are not worth listing one by one.
+        out.append({"kind": "file", "action": "create", "name": "mercure.json", "fields": {}})
+    for section, kind in (("rules", "rule"), ("modules", "module"), ("targets", "target")):
+        before, after = (old or {}).get(section) or {}, new.get(section) or {}
+        for name in sorted(set(before) | set(after)):
+            if name not in before:
+                out.append({"kind": kind, "action": "create", "name": name, "fields": {}})
+            elif name not in after:
+                out.append({"kind": kind, "action": "remove", "name": name, "fields": {}})
+            elif before[name] != after[name]:
+                fields = sorted(k for k in set(before[name]) | set(after[name]) if before[name].get(k) != after[name].get(k))
+                out.append({"kind": kind, "action": "update", "name": name, "fields": {f: {} for f in fields}})
+    for key in sorted(set(old or {}) | set(new)) if old is not None else []:
+        if key in ("rules", "modules", "targets") or old.get(key) == new.get(key):
+            continue
+        action = "create" if key not in old else "remove" if key not in new else "update"
+        out.append({"kind": "setting", "action": action, "name": key, "fields": {}})
+    return out
+
+
 def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any], name: str = "mercure.json") -> str:
     """Unified diff of the two configurations, credentials redacted."""
     a = dumps(redact(old)).splitlines(keepends=True) if old is not None else []

@@ -167,3 +167,16 @@ def test_receiver_change_is_reported_and_restart_failure_is_clear(repo: Path, li
     assert result.exit_code == 1
     assert "mercure.json was written" in result.output and "receiver" in result.output
     assert json.loads((live / "mercure.json").read_text())["port"] == 11113
+
+
+def test_json_plan_lists_changes_by_name_without_values(repo: Path, live: Path) -> None:
+    result = run(repo, live, "plan", "--format", "json")
+    assert result.exit_code == 2, result.output
+    plan = json.loads(result.output)
+    assert {"kind": "rule", "action": "update", "name": "mr_completed_study"}.items() <= next(
+        c for c in plan["changes"] if c["name"] == "mr_completed_study").items()
+    assert all(c["name"] != "gui_made_rule" for c in plan["changes"]), "unmanaged rules are not touched without --prune"
+    assert BOOKKEEPER_SECRET not in result.output
+    assert run(repo, live, "push", "--no-restart").exit_code == 0
+    again = run(repo, live, "plan", "--format", "json")
+    assert again.exit_code == 0 and json.loads(again.output)["changes"] == []
