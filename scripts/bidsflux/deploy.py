@@ -199,12 +199,24 @@ def handoff_image(env: Mapping[str, str]) -> str:
 def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: float) -> str:
     """A one-shot replicated-job service on a manager that runs the deploy from the rendered file;
     it keeps running when the CI job (and its runner) are restarted by that very deploy."""
-    from docker.types import ConfigReference, Placement, RestartPolicy, ServiceMode
+    from docker.errors import APIError
 
     stamp = time.strftime("%Y%m%d%H%M%S") + f"{int(time.time() * 1000) % 1000:03d}"
     name = f"{ctx.stack}_handoff_{stamp}"
     labels = {HANDOFF_LABEL: ctx.stack, "io.bidsflux.managed": "true"}
     config = ctx.client.configs.create(name=name, data=ctx.rendered.to_yaml().encode(), labels=labels)
+    try:
+        _create_job(ctx, name, image, services, timeout, labels, config.id)
+    except APIError as exc:
+        cleanup_handoff(ctx.client, name)
+        raise UserError(f"cannot start the hand-off job with image {image}: {exc.explanation or exc}") from None
+    return name
+
+
+def _create_job(ctx: SwarmContext, name: str, image: str, services: list[str], timeout: float,
+                labels: dict[str, str], config_id: str) -> None:
+    from docker.types import ConfigReference, RestartPolicy, ServiceMode
+
     ctx.client.services.create(
         image,
         command=["bidsflux", "swarm", "apply-rendered", "--stack", ctx.stack, "--file", HANDOFF_FILE,
@@ -214,10 +226,9 @@ def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: 
         mode=ServiceMode("replicated-job", concurrency=1),
         restart_policy=RestartPolicy(condition="none"),
         mounts=["/var/run/docker.sock:/var/run/docker.sock:rw"],
-        placement=Placement(constraints=["node.role == manager"]),
-        configs=[ConfigReference(config.id, name, filename=HANDOFF_FILE)],
+        constraints=["node.role == manager"],
+        configs=[ConfigReference(config_id, name, filename=HANDOFF_FILE)],
     )
-    return name
 
 
 def poll_handoff(ctx: SwarmContext, name: str, timeout: float, console: Console) -> int:
