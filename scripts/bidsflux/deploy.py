@@ -265,6 +265,12 @@ def cleanup_handoff(client: Any, name: str) -> None:
             remove()
         except NotFound:
             pass
+    # A finished job's exited container is not collected with its service on every engine.
+    for c in client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
+        try:
+            client.api.remove_container(c["Id"], force=True)
+        except NotFound:
+            pass
 
 
 def cleanup_finished_handoffs(ctx: SwarmContext) -> None:

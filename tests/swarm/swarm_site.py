@@ -182,7 +182,7 @@ def remove_stack(client: Any, stack: str, network: str | None) -> None:
         time.sleep(1)
     for cfg in client.configs.list(filters={"label": f"io.bidsflux.handoff={stack}"}):
         cfg.remove()
-    for _ in range(30):
+    for _ in range(90):
         pending = client.secrets.list(filters={"label": f"io.bidsflux.stack={stack}"})
         for s in pending:
             try:
