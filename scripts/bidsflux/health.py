@@ -546,7 +546,10 @@ def check_swarm(ctx: Context, report: Report, timeout: float) -> None:
                  and t.get("DesiredState") != "running"]
         failed = sorted((t for t in tasks if (t.get("Status") or {}).get("State") in {"failed", "rejected"}),
                         key=lambda t: (t.get("Status") or {}).get("Timestamp", ""), reverse=True)
-        if len(running) < desired:
+        if desired == 0 and full.removeprefix(f"{stack}_") in expected_swarm_services(ctx.site):
+            # Scaled to zero by hand: the site needs it, so it is down, not "at its desired count".
+            report.fail(f"{full}: stopped (scaled to 0 replicas)", f"bidsflux deploy (or docker service scale {full}=1)")
+        elif len(running) < desired:
             why = f"; last task error: {_task_error(failed[0])}" if failed else ""
             if not failed:
                 pending = [t for t in tasks if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") != "running"]

@@ -65,7 +65,9 @@ def register(main: click.Group) -> None:
     names = ", ".join(REGISTRY)
 
     @main.command()
-    @click.option("--check", "checks", multiple=True, metavar="NAME", help=f"Run only this check (repeatable): {names}.")
+    @click.option("--check", "checks", multiple=True, metavar="NAME", envvar="BIDSFLUX_HEALTH_CHECKS",
+                  help=f"Run only this check (repeatable; or BIDSFLUX_HEALTH_CHECKS, space separated, e.g. "
+                       f"as a schedule variable): {names}.")
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
     @click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None,
                   help="Also write a JUnit XML report (one test case per check) for GitLab.")

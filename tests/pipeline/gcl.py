@@ -26,12 +26,14 @@ class PipelineRepo:
     """A git repository holding a copy of the pipeline, with an `origin` whose main is the base,
     so `rules: changes:` compare a new commit against it as GitLab compares a push."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: Path = REPO_ROOT) -> None:
         self.path = path
         origin = path.parent / "origin.git"
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         for part in PIPELINE_PARTS:
-            src = REPO_ROOT / part
+            src = source / part
+            if (path / part).exists() or not src.exists():
+                continue
             if src.is_dir():
                 shutil.copytree(src, path / part)
             else:
