@@ -39,7 +39,7 @@ def main() -> int:
         site = swarm_site.make_site(Path(tmp), client, swarm_images.build_all(client), kind="storescp")
         try:
             t0 = time.monotonic()
-            boot = CliRunner().invoke(cli_main, ["bootstrap", "--site", str(site.site_file), "--create-dirs", "--yes",
+            boot = CliRunner().invoke(cli_main, ["bootstrap", "--site", str(site.site_file), "--create-dirs", "--yes", "--skip-gitlab",
                                                  "--timeout", "180"])
             if boot.exit_code != 0:
                 print(boot.output)

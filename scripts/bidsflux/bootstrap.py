@@ -75,7 +75,7 @@ def _ports_held_by_stack(ctx: SwarmContext) -> set[int]:
             if p.get("PublishedPort")}
 
 
-def gitlab_day_zero(ctx: SwarmContext, console: Console) -> None:
+def gitlab_day_zero(ctx: SwarmContext, console: Console, timeout: float | None = None) -> None:
     """Hook for GitLab's day zero (root token, bots, projects, runner registration), called once the
     stack has converged. It belongs to the GitLab engine; until that module provides
     `bidsflux.gitlab_dayzero.run(ctx, console)`, bootstrap only says what is left to do."""
@@ -87,11 +87,11 @@ def gitlab_day_zero(ctx: SwarmContext, console: Console) -> None:
         console.print("GitLab day zero (root token, bots, runner registration) is not available in this version; "
                       "the stack runs without registered runners until it is")
         return
-    module.run(ctx, console)
+    module.run(ctx, console, timeout)
 
 
 def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, timeout: float, console: Console,
-                  confirm: Callable[[str], None]) -> int:
+                  confirm: Callable[[str], None], skip_gitlab: bool = False, gitlab_timeout: float | None = None) -> int:
     """`ctx_factory()` loads site, template and engine; it is called again after swarm init so
     secret versions are read from the new swarm."""
     ctx: SwarmContext = ctx_factory()
@@ -139,5 +139,10 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
             console.print(f"  - {c}", highlight=False, markup=False)
     else:
         console.print("No changes: the site was already bootstrapped and in sync.")
-    gitlab_day_zero(ctx, console)
+    if skip_gitlab:
+        console.print("GitLab day zero skipped (--skip-gitlab); run it later with "
+                      f"`bidsflux bootstrap --site {ctx.repo.site_file} --yes` (the swarm part then changes nothing)",
+                      highlight=False, markup=False)
+    else:
+        gitlab_day_zero(ctx, console, gitlab_timeout)
     return 0

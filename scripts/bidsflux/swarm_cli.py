@@ -42,15 +42,20 @@ def register(main: click.Group) -> None:
     @click.option("--create-dirs", is_flag=True, help="Create missing data folders with owner and mode from site.yml.")
     @click.option("--yes", is_flag=True, help="Do not ask before changing the swarm.")
     @click.option("--timeout", type=float, default=900, show_default=True, help=TIMEOUT_HELP)
+    @click.option("--skip-gitlab", is_flag=True,
+                  help="Stop after the swarm part: no GitLab day zero (admin token, gitlab.yml, push, runners).")
+    @click.option("--gitlab-timeout", type=float, default=None,
+                  help="Seconds to wait for GitLab's readiness (default: BIDSFLUX_GITLAB_READY_TIMEOUT, else 900).")
     @friendly_errors
-    def bootstrap(site: str | None, root: str | None, create_dirs: bool, yes: bool, timeout: float) -> None:
+    def bootstrap(site: str | None, root: str | None, create_dirs: bool, yes: bool, timeout: float,
+                  skip_gitlab: bool, gitlab_timeout: float | None) -> None:
         """Day zero on the manager: preflight, swarm, labels, network, secrets, deploy, summary.
 
         Safe to run again: it only creates what is missing and says when nothing changed."""
         from .bootstrap import run_bootstrap
 
         sys.exit(run_bootstrap(lambda: _context(site, root, "auto"), create_dirs, timeout, _console(),
-                               lambda what: _confirm_or_yes(yes, what)))
+                               lambda what: _confirm_or_yes(yes, what), skip_gitlab, gitlab_timeout))
 
     @main.command()
     @site_option

@@ -34,7 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterat
     tags = images.build_all(docker_client)
     site = make_site(tmp_path_factory.mktemp("pipeline-site"), docker_client, tags)
     try:
-        result = site.run("bootstrap", "--create-dirs", "--yes", "--timeout", "180")
+        result = site.run("bootstrap", "--create-dirs", "--yes", "--skip-gitlab", "--timeout", "180")
         assert result.exit_code == 0, result.output
         yield site
     finally:

@@ -29,7 +29,7 @@ def deployed_site(tmp_path_factory: pytest.TempPathFactory, docker_client: Any,
     before = node_labels(docker_client)
     site = make_site(tmp_path_factory.mktemp("swarm-site"), docker_client, stand_in_images)
     try:
-        result = site.run("bootstrap", "--create-dirs", "--yes", "--timeout", "180")
+        result = site.run("bootstrap", "--create-dirs", "--yes", "--skip-gitlab", "--timeout", "180")
         site.bootstrap_result = result  # type: ignore[attr-defined]
         yield site
     finally:

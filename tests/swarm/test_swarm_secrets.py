@@ -193,16 +193,16 @@ def test_ci_deploy_that_would_restart_its_runner_is_handed_off(site_backup: Site
 
 
 def test_bad_input_gives_the_fix_not_a_traceback(fresh_site: SiteUnderTest, no_docker_env: dict[str, str]) -> None:
-    result = fresh_site.run("bootstrap", "--yes")
+    result = fresh_site.run("bootstrap", "--yes", "--skip-gitlab")
     assert result.exit_code == 1
     assert "does not exist" in result.output and "--create-dirs" in result.output
     with __import__("socket").socket() as busy:
         busy.bind(("0.0.0.0", fresh_site.ports["s3_api"]))
         busy.listen()
-        result = fresh_site.run("bootstrap", "--yes", "--create-dirs")
+        result = fresh_site.run("bootstrap", "--yes", "--skip-gitlab", "--create-dirs")
         assert result.exit_code == 1
         assert f"port {fresh_site.ports['s3_api']}" in result.output and "already in use" in result.output
-    for args in (("plan",), ("deploy",), ("bootstrap", "--yes"), ("secrets", "list")):
+    for args in (("plan",), ("deploy",), ("bootstrap", "--yes", "--skip-gitlab"), ("secrets", "list")):
         result = fresh_site.run(*args, env=no_docker_env)
         assert result.exit_code == 1, result.output
         assert "cannot reach the Docker engine" in result.output and "DOCKER_HOST" in result.output
