@@ -3,27 +3,18 @@ import them with `from support import require, cli` (pytest puts tests/ on the p
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support import REPO_PARTS, REPO_ROOT, cli, require  # noqa: F401  (re-exported for older imports)
+from support import REPO_PARTS, REPO_ROOT, cli, copy_repository, require  # noqa: F401  (re-exported for older imports)
 
 
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """A private copy of the repository's site files, safe to mutate."""
-    dest = tmp_path / "repo"
-    dest.mkdir()
-    for part in REPO_PARTS:
-        src = REPO_ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part)
-        elif src.exists():
-            shutil.copy2(src, dest / part)
-    return dest
+    return copy_repository(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ why; with BIDSFLUX_REQUIRE_INTEGRATION=1 (set by .ci/run) such a skip is a failu
 from __future__ import annotations
 
 import os
+import shutil
 import traceback
 from pathlib import Path
 
@@ -18,6 +19,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_INTEGRATION = os.environ.get("BIDSFLUX_REQUIRE_INTEGRATION") == "1"
 # What a repository copy needs for validate/render.
 REPO_PARTS = ["stack", "schemas", "ci-templates", ".gitlab-ci.yml"]
+
+
+def copy_repository(dest: Path, parts: list[str] = REPO_PARTS, source: Path = REPO_ROOT) -> Path:
+    """Copy the repository's site files (or `parts` of `source`) into `dest`, to mutate safely."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        src = source / part
+        if (dest / part).exists() or not src.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
 
 
 def require(condition: bool, why: str) -> None:

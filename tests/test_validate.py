@@ -94,8 +94,8 @@ def test_role_naming_unknown_service_and_unplaced_service(repo_copy: Path) -> No
 
 
 def test_placement_label_no_role_provides(repo_copy: Path) -> None:
-    edit(repo_copy, "stack/bidsflux.stack.yml", "      replicas: 1\n      update_config: *update\n      rollback_config: *rollback\n      restart_policy: *restart\n      resources:",
-         "      replicas: 1\n      placement: {constraints: ['node.labels.bidsflux.role.gpu == true']}\n      update_config: *update\n      rollback_config: *rollback\n      restart_policy: *restart\n      resources:")
+    edit(repo_copy, "stack/bidsflux.stack.yml", "      resources:\n        limits: {memory: 8g}",
+         "      placement: {constraints: ['node.labels.bidsflux.role.gpu == true']}\n      resources:\n        limits: {memory: 8g}")
     found = problems(repo_copy)
     assert [p["key"] for p in found] == ["services.gitlab.deploy.placement.constraints[0]"]
     assert "bidsflux.role.gpu is provided by no node role" in found[0]["message"]

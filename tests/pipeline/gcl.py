@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from support import REPO_ROOT, require
+from support import REPO_ROOT, copy_repository, require
 
 PIPELINE_PARTS = ["stack", "schemas", "ci-templates", ".gitlab-ci.yml", "pyproject.toml"]
 # Predefined variables the tests set to simulate an event.
@@ -29,15 +29,7 @@ class PipelineRepo:
     def __init__(self, path: Path, source: Path = REPO_ROOT) -> None:
         self.path = path
         origin = path.parent / "origin.git"
-        path.mkdir(parents=True, exist_ok=True)
-        for part in PIPELINE_PARTS:
-            src = source / part
-            if (path / part).exists() or not src.exists():
-                continue
-            if src.is_dir():
-                shutil.copytree(src, path / part)
-            else:
-                shutil.copy2(src, path / part)
+        copy_repository(path, PIPELINE_PARTS, source)
         self.git("init", "-q", "-b", "main")
         self.git("add", "-A")
         self.git("commit", "-qm", "base")

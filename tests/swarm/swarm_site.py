@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import shutil
 import socket
 import time
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 import swarm_images as images
 from ruamel.yaml import YAML
 
-from support import REPO_PARTS, REPO_ROOT, cli, require
+from support import cli, copy_repository, require
 
 STACK_LABEL = "com.docker.stack.namespace"
 
@@ -109,14 +108,7 @@ class SiteUnderTest:
 
 def make_site(base: Path, client: Any, image_tags: dict[str, str], kind: str = "storescp") -> SiteUnderTest:
     sid = uuid.uuid4().hex[:6]
-    root = base / "repo"
-    root.mkdir(parents=True)
-    for part in REPO_PARTS:
-        src = REPO_ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, root / part)
-        elif src.exists():
-            shutil.copy2(src, root / part)
+    root = copy_repository(base / "repo")
     shorten_timings(root / "stack" / "bidsflux.stack.yml")
     data_root = base / "data"
     stack, network = f"bfxt{sid}", f"bfxt{sid}_net"
