@@ -39,6 +39,15 @@ if ! docker info >/dev/null 2>&1; then
   done
 fi
 
+# --- single-node swarm -----------------------------------------------------------------
+# The integration tests need a swarm manager. One we create here is left again at the end so
+# the machine ends as it started; an existing swarm is used as it is and never touched.
+if [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" != "active" ]; then
+  log "initialising a single-node swarm for the tests (left again at the end)"
+  docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+  trap 'docker swarm leave --force >/dev/null 2>&1 || true' EXIT
+fi
+
 # --- Python environment ----------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
@@ -47,7 +56,9 @@ fi
 stamp=.venv/.bidsflux-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing bidsflux with test extras"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+  # This machine's pip configuration names local indexes that may be absent; those warnings are noise.
+  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 |
+    { grep -v "is ignored: it is neither a file nor a directory" || true; }
   touch "$stamp"
 fi
 

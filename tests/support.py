@@ -35,6 +35,17 @@ def copy_repository(dest: Path, parts: list[str] = REPO_PARTS, source: Path = RE
     return dest
 
 
+def dcmtk(tool: str) -> str:
+    """Path of DCMTK's `tool` (storescp, echoscu, storescu). pynetdicom installs console scripts
+    with the same names into the virtual environment, so PATH order must not decide."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        candidate = Path(folder) / tool
+        if candidate.exists():
+            return str(candidate)
+    require(False, f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
+    raise AssertionError("unreachable")
+
+
 def require(condition: bool, why: str) -> None:
     """Skip when an engine is missing, or fail when CI requires integration tests to run."""
     if condition:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from support import require
+from support import dcmtk, require
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -197,8 +197,7 @@ class DicomServer:
 @pytest.fixture(scope="session")
 def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomServer]:
     """DCMTK's storescp on 127.0.0.1, accepting C-ECHO for the site's AE title."""
-    exe = shutil.which("storescp")
-    require(exe is not None, "dcmtk's storescp is not installed (apt-get install dcmtk)")
+    exe = dcmtk("storescp")
     assert exe is not None
     out = tmp_path_factory.mktemp("storescp")
     port = free_port()

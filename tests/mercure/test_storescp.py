@@ -4,7 +4,6 @@ C-ECHO; a closed port gives a clear failure."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from bidsflux.dicom import c_echo
 from bidsflux.render import indexer_command
 from bidsflux.rendering import load_and_render
 from bidsflux.repository import open_repository
-from support import require
+from support import dcmtk
 
 pytestmark = pytest.mark.integration
 AE_TITLE = "BIDSFLUX"
@@ -36,7 +35,7 @@ def rendered_endpoint(repo: Path, port: int, timeout: int) -> tuple[list[str], s
 
 @pytest.fixture
 def storescp(repo: Path, tmp_path: Path) -> Iterator[tuple[int, Path, Path, list[str]]]:
-    require(shutil.which("storescp") is not None, "dcmtk's storescp is not installed (apt-get install dcmtk)")
+    exe = dcmtk("storescp")
     port = free_port()
     command, indexer = rendered_endpoint(repo, port, timeout=2)
     incoming, record = tmp_path / "incoming", tmp_path / "fired.log"
@@ -48,6 +47,7 @@ def storescp(repo: Path, tmp_path: Path) -> Iterator[tuple[int, Path, Path, list
     # /data/incoming a temporary folder.
     assert indexer in command and "/data/incoming" in command
     args = [f"{recorder} #p" if a == indexer else str(incoming) if a == "/data/incoming" else a for a in command]
+    args[0] = exe  # the rendered `storescp`, as DCMTK's binary
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
