@@ -353,6 +353,10 @@ def load_context(site_path: str | None, root: str | None, endpoint_overrides: Ma
         site=site, endpoints=endpoints, secrets=Secrets(file, env),
         gitlab_doc=optional(repo.gitlab_file), runners_doc=optional(repo.runners_file),
         ci_doc=load_ci(repo.root), timeout=timeout,
+        # Optional in site.yml: sites with slow polling or flaky services tune these.
+        runner_contact_window=60.0 * site["health"].get("runner_contact_minutes", 15),
+        restart_window=60.0 * site["health"].get("restart_window_minutes", 10),
+        restart_threshold=int(site["health"].get("restart_threshold", 3)),
     )
 
 

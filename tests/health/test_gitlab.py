@@ -138,3 +138,25 @@ def test_unregistered_runner_and_missing_admin_token(site: Path, gitlab_emulator
     env = {"BIDSFLUX_SECRET_GITLAB_ADMIN_TOKEN": gitlab_emulator.admin_token}
     code, data, _ = health(site, gitlab_emulator, "runners", env=env)
     assert code == 1 and any("runner dind is not registered in GitLab" in d for d in data["checks"][0]["details"])
+
+
+def test_runner_contact_window_comes_from_site(site: Path, gitlab_emulator: Any) -> None:
+    import datetime as dt
+
+    from ruamel.yaml import YAML as RoundTrip
+
+    ids = register_fleet(gitlab_emulator, site.parent.parent)
+    five_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    for runner_id in ids.values():
+        gitlab_emulator.set_runner_online(runner_id, True, contacted_at=five_minutes_ago)
+    env = {"BIDSFLUX_SECRET_GITLAB_ADMIN_TOKEN": gitlab_emulator.admin_token}
+    code, data, _ = health(site, gitlab_emulator, "runners", env=env)
+    assert (code, data["checks"][0]["status"]) == (0, "ok"), "5 minutes is within the default 15"
+    yaml = RoundTrip()
+    doc = yaml.load(site.read_text())
+    doc["health"]["runner_contact_minutes"] = 2
+    with site.open("w") as fh:
+        yaml.dump(doc, fh)
+    code, data, _ = health(site, gitlab_emulator, "runners", env=env)
+    check = data["checks"][0]
+    assert check["status"] == "warn" and "last contact 5 min ago" in check["reason"], data
