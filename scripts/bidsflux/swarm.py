@@ -331,9 +331,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+# Fields the stack file may leave out; when it does, `docker stack deploy` clears them, so a live
+# value with nothing stated is a change too (a removed command or healthcheck must show in plan).
+_OPTIONAL_FIELDS = ("command", "entrypoint", "hostname", "healthcheck", "memory_limit")
+
+
 def diff_service(want: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Fields whose live value differs from what the stack file states."""
     changed: dict[str, dict[str, Any]] = {}
+    for key in _OPTIONAL_FIELDS:
+        if want.get(key) is None and live.get(key) not in (None, [], {}, "", 0):
+            changed[key] = {"live": live.get(key), "desired": None}
     for key, value in want.items():
         if value is None:
             continue
