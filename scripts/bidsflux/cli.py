@@ -46,6 +46,10 @@ site_option = click.option(
     "--site", "site", type=click.Path(dir_okay=False), default=None,
     help="Site file (default: stack/site.yml of the repository).",
 )
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="text for people, json for tools and merge-request notes.",
+)
 root_option = click.option(
     "--root", "root", type=click.Path(file_okay=False), default=None,
     help="Repository root (default: found from the current folder).",
@@ -61,7 +65,7 @@ def main() -> None:
 @main.command()
 @site_option
 @root_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option
 @friendly_errors
 def validate(site: str | None, root: str | None, fmt: str) -> None:
     """Check every file under stack/ against its schema and the cross-file rules.
@@ -137,4 +141,4 @@ _register_optional()
 if __name__ == "__main__":  # pragma: no cover
     main()
 
-__all__ = ["main", "friendly_errors", "site_option", "root_option", "json"]
+__all__ = ["main", "friendly_errors", "site_option", "root_option", "format_option", "json"]

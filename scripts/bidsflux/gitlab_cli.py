@@ -99,7 +99,7 @@ def _store(gl: Any, s: Session) -> Any:
 
 
 def register(main: click.Group) -> None:
-    from .cli import friendly_errors
+    from .cli import format_option, friendly_errors
 
     @main.group("gitlab")
     def gitlab_group() -> None:
@@ -107,7 +107,7 @@ def register(main: click.Group) -> None:
 
     @gitlab_group.command("plan")
     @gitlab_options
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @friendly_errors
     def plan_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
                  fmt: str) -> None:
@@ -119,7 +119,7 @@ def register(main: click.Group) -> None:
 
     @gitlab_group.command("apply")
     @gitlab_options
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @friendly_errors
     def apply_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
                   fmt: str) -> None:
@@ -238,7 +238,7 @@ def register(main: click.Group) -> None:
 
     @runners_group.command("list")
     @gitlab_options
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @friendly_errors
     def list_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
                  fmt: str) -> None:

@@ -60,7 +60,7 @@ def print_table(results: list[Result], console: Console) -> None:
 
 
 def register(main: click.Group) -> None:
-    from .cli import friendly_errors, root_option, site_option
+    from .cli import format_option, friendly_errors, root_option, site_option
 
     names = ", ".join(REGISTRY)
 
@@ -68,7 +68,7 @@ def register(main: click.Group) -> None:
     @click.option("--check", "checks", multiple=True, metavar="NAME", envvar="BIDSFLUX_HEALTH_CHECKS",
                   help=f"Run only this check (repeatable; or BIDSFLUX_HEALTH_CHECKS, space separated, e.g. "
                        f"as a schedule variable): {names}.")
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None,
                   help="Also write a JUnit XML report (one test case per check) for GitLab.")
     @click.option("--timeout", type=click.FloatRange(min=0.1), default=None,

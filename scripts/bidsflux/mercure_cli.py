@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import mercure_config as mc
-from .cli import friendly_errors, root_option, site_option
+from .cli import format_option, friendly_errors, root_option, site_option
 from .diagnostics import UserError
 from .mercure_files import atomic_write, mercure_lock, read_json
 
@@ -298,7 +298,7 @@ def register(main: click.Group) -> None:
     @root_option
     @config_dir_option
     @click.option("--prune", is_flag=True, help="Also remove rules, modules and targets not in rules.yml.")
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @friendly_errors
     def plan_cmd(site: str | None, root: str | None, config_dir: str | None, prune: bool, fmt: str) -> None:
         """Show what `push` would change in the live mercure.json. Exit 0 none, 2 changes, 1 error."""

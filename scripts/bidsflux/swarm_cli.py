@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .cli import friendly_errors, root_option, site_option
+from .cli import format_option, friendly_errors, root_option, site_option
 from .diagnostics import UserError
 
 TIMEOUT_HELP = "Seconds to wait for services to converge before reporting a failure."
@@ -60,7 +60,7 @@ def register(main: click.Group) -> None:
     @main.command()
     @site_option
     @root_option
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @format_option
     @friendly_errors
     def plan(site: str | None, root: str | None, fmt: str) -> None:
         """Compare the live swarm with the rendered stack. Exit 0 no change, 2 changes, 1 error."""
