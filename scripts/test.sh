@@ -47,6 +47,13 @@ if [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" != "activ
   docker swarm init --advertise-addr 127.0.0.1 >/dev/null
   trap 'docker swarm leave --force >/dev/null 2>&1 || true' EXIT
 fi
+# A swarm just initialised (or a daemon just restarted) needs a moment before its node is ready
+# and its ingress network exists; tests that deploy at once would otherwise fail at random.
+for i in $(seq 1 30); do
+  [ "$(docker node inspect self --format '{{.Status.State}}' 2>/dev/null)" = ready ] &&
+    docker network inspect ingress >/dev/null 2>&1 && break
+  sleep 1
+done
 
 # --- Python environment ----------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then

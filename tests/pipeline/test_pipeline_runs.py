@@ -150,3 +150,21 @@ def test_manual_rotation_advances_the_secret_and_services_converge(
     assert plan.exit_code == 0, plan.output + result.stdout[-3000:]
     values = site.secret_values()
     assert all(v not in result.stdout for v in values.values() if len(v) >= 8)
+
+
+def test_manual_reregistration_creates_runners_and_rolls_their_services(
+        repo: PipelineRepo, gitlab_emulator: Any, project: Any, site: SiteUnderTest) -> None:
+    before = live_versions(site.stack)
+    variables = _vars(gitlab_emulator, project, CI_PIPELINE_SOURCE="push", CI_COMMIT_BRANCH="main")
+    result = repo.run(["reregister-runners"], variables)
+    assert re.search(r"PASS\s+reregister-runners", result.stdout), result.stdout[-4000:]
+    gl = gitlab.Gitlab(gitlab_emulator.url, private_token=gitlab_emulator.admin_token)
+    runners = gl.runners_all.list(get_all=True)
+    assert sorted(r.description for r in runners) == ["dind", "processing", "processing-untagged"]
+    after = live_versions(site.stack)
+    for secret in ("runner_dind_config", "runner_processing_config"):
+        assert after[secret] == before[secret] + 1, secret
+    # The runner services run their new config: the live stack matches the repository again.
+    plan = site.run("plan")
+    assert plan.exit_code == 0, plan.output
+    assert "glrt-" not in result.stdout
