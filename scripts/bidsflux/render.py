@@ -100,7 +100,9 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
     }
 
 
-class _Renderer:
+class TemplateRenderer:
+    """Expands "{{ ... }}" in a YAML tree (sandboxed), collecting errors with their file positions."""
+
     def __init__(self, template_doc: Document, context: dict[str, Any]) -> None:
         self.doc = template_doc
         self.context = context
@@ -155,7 +157,7 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
         used[logical] = versioned_secret_name(stack, logical, int(versions.get(logical, 1)))
         return used[logical]
 
-    renderer = _Renderer(template_doc, template_context(site, secret_name))
+    renderer = TemplateRenderer(template_doc, template_context(site, secret_name))
     role_of = {svc: role for role, services in site["roles"].items() for svc in services}
 
     services: dict[str, Any] = {}

@@ -37,10 +37,10 @@ def load_and_render(repo: Repository, versions_source: str = "auto") -> tuple[Re
 
 
 def render_mercure_compose(repo: Repository, site: Document) -> str:
-    from .render import _Renderer, template_context
+    from .render import TemplateRenderer, template_context
 
     doc = load(repo.mercure_compose, repo.root)
-    renderer = _Renderer(doc, template_context(site.data, lambda name: name))
+    renderer = TemplateRenderer(doc, template_context(site.data, lambda name: name))
     data = {k: v for k, v in renderer.value(doc.data, []).items() if not str(k).startswith("x-")}
     if renderer.errors:
         raise UserError("", renderer.errors)
