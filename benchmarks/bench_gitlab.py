@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bidsflux import gitlab_objects as go  # noqa: E402
-from bidsflux.repository import open_repository  # noqa: E402
+from bidsflux.gitlab import objects as go  # noqa: E402
+from bidsflux.site.repository import open_repository  # noqa: E402
 from gitlab_emulator import GitLabEmulator  # noqa: E402
 
 

@@ -93,7 +93,7 @@ def run(site: Path, env: dict[str, str], endpoints: list[str], timeout: float | 
 def main() -> int:
     from ruamel.yaml import YAML
 
-    from bidsflux.health import REGISTRY
+    from bidsflux.health.checks import REGISTRY
     from gitlab_emulator import GitLabEmulator
 
     procs: list[subprocess.Popen[bytes]] = []

@@ -26,7 +26,7 @@ def main() -> int:
     from click.testing import CliRunner
     from rich.console import Console
 
-    import bidsflux.deploy as deploy_mod
+    import bidsflux.swarm.deploy as deploy_mod
     from bidsflux.cli import main as cli_main
 
     client = docker.from_env(timeout=60)

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import __version__
-from .diagnostics import UserError, to_json
+from bidsflux import __version__
+from bidsflux.diagnostics import UserError, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,8 +71,8 @@ def validate(site: str | None, root: str | None, fmt: str) -> None:
     """Check every file under stack/ against its schema and the cross-file rules.
 
     Exit 0 when all is well, 1 when anything is wrong (every problem is listed)."""
-    from .checks import validate as run_validate
-    from .repository import open_repository
+    from bidsflux.site.checks import validate as run_validate
+    from bidsflux.site.repository import open_repository
 
     repo = open_repository(site, root)
     problems = run_validate(repo)
@@ -99,8 +99,8 @@ def validate(site: str | None, root: str | None, fmt: str) -> None:
 @friendly_errors
 def render(site: str | None, root: str | None, output: str | None, secret_versions: str) -> None:
     """Print the resolved stack file that `docker stack deploy` receives."""
-    from .rendering import load_and_render, render_mercure_compose
-    from .repository import open_repository
+    from bidsflux.swarm.stackfile import load_and_render, render_mercure_compose
+    from bidsflux.site.repository import open_repository
 
     repo = open_repository(site, root)
     rendered, site_doc = load_and_render(repo, secret_versions)
@@ -120,11 +120,11 @@ def _register_optional() -> None:
     import importlib
 
     for module, attr in (
-        ("bidsflux.swarm_cli", "register"),
-        ("bidsflux.gitlab_cli", "register"),
-        ("bidsflux.mercure_cli", "register"),
-        ("bidsflux.health_cli", "register"),
-        ("bidsflux.ci_cli", "register"),
+        ("bidsflux.swarm.cli", "register"),
+        ("bidsflux.gitlab.cli", "register"),
+        ("bidsflux.mercure.cli", "register"),
+        ("bidsflux.health.cli", "register"),
+        ("bidsflux.ci.cli", "register"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -1,4 +1,4 @@
-"""Bootstrap's GitLab step (bidsflux.gitlab_dayzero.run) against the GitLab emulator.
+"""Bootstrap's GitLab step (bidsflux.gitlab.dayzero.run) against the GitLab emulator.
 
 What is real: the HTTP readiness endpoint and REST API of the emulator driven by python-gitlab,
 git push over smart HTTP, docker secrets on the swarm, and a container found by its swarm service
@@ -18,11 +18,11 @@ from rich.console import Console
 from test_gitlab_apply import S3, commit_all
 from test_gitlab_root_token import standin_image, swarm_client_module  # noqa: F401 - fixtures
 
-from bidsflux import secretstore
-from bidsflux.deploy import load_context
+from bidsflux.swarm import secretstore
+from bidsflux.swarm.deploy import load_context
 from bidsflux.diagnostics import UserError
-from bidsflux.gitlab_dayzero import run
-from bidsflux.gitlab_runners import config_secrets
+from bidsflux.gitlab.dayzero import run
+from bidsflux.gitlab.runners import config_secrets
 
 RUNNERS = {"dind", "processing", "processing-untagged"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import gitlab
 import pytest
 
-from bidsflux.gitlab_bootstrap import gitlab_day_zero
-from bidsflux.repository import open_repository
+from bidsflux.gitlab.root_token import gitlab_day_zero
+from bidsflux.site.repository import open_repository
 from support import cli
 
 S3 = {"s3_id": "AKIAEXAMPLEKEY123456", "s3_secret": "s3-secret-value-0123456789"}

@@ -21,9 +21,9 @@ def test_apply_against_real_gitlab(repo_copy) -> None:  # type: ignore[no-untype
     import requests
     from testcontainers.core.container import DockerContainer
 
-    from bidsflux.gitlab_bootstrap import gitlab_day_zero, root_token
-    from bidsflux.gitlab_objects import connect, desired, diff, load_config, observe
-    from bidsflux.repository import open_repository
+    from bidsflux.gitlab.root_token import gitlab_day_zero, root_token
+    from bidsflux.gitlab.objects import connect, desired, diff, load_config, observe
+    from bidsflux.site.repository import open_repository
 
     site = repo_copy / "stack" / "site.yml"
     site.write_text(site.read_text().replace("/var/lib/bidsflux/secrets.env", str(repo_copy / "secrets.env")))

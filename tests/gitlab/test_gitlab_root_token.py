@@ -16,7 +16,7 @@ import uuid
 import gitlab
 import pytest
 
-from bidsflux.gitlab_bootstrap import find_gitlab_container, root_token
+from bidsflux.gitlab.root_token import find_gitlab_container, root_token
 
 IMAGE = "bidsflux-test/gitlab-rails-standin:1"
 STANDIN = """#!/bin/busybox sh

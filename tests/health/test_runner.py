@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bidsflux import health
+from bidsflux.health import checks as health
 from support import cli
 
 
@@ -48,7 +48,7 @@ def test_a_check_whose_thread_never_returns_still_ends_the_run(tmp_path: Path, s
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import threading
-        from bidsflux import health
+        from bidsflux.health import checks as health
         from bidsflux.cli import main
 
         @health.check("stuck", timeout=60, summary="never returns")
@@ -108,7 +108,7 @@ def test_secrets_never_appear_in_results() -> None:
 
 
 def test_secrets_come_from_the_values_file_bootstrap_writes_and_env_overrides(tmp_path: Path) -> None:
-    from bidsflux.secretstore import write_values_file
+    from bidsflux.swarm.secretstore import write_values_file
 
     path = tmp_path / "secrets.env"
     write_values_file(path, {"s3_id": "AKID1", "s3_secret": "with space and # hash", "MERCURE_WEB_USER": "admin1"})
@@ -162,7 +162,7 @@ def test_junit_file_has_one_test_case_per_check(site_copy: Callable[..., Path], 
     assert len(suites) == 1
     cases = suites[0].findall("testcase")
     assert [c.get("name") for c in cases] == ["disks", "dicom", "s3"]
-    assert all(c.get("classname") == "bidsflux.health" and float(c.get("time", "x")) >= 0 for c in cases)
+    assert all(c.get("classname") == "bidsflux.health.checks" and float(c.get("time", "x")) >= 0 for c in cases)
     assert suites[0].get("tests") == "3" and suites[0].get("failures") == "2"
     by_name = {c.get("name"): c for c in cases}
     assert by_name["disks"].find("failure") is None

@@ -103,7 +103,7 @@ def test_dicom_closed_port_fails(site_copy: Callable[..., Path], closed_port: in
 
 
 def _mercure_json() -> dict[str, Any]:
-    from bidsflux.health import MERCURE_REQUIRED_KEYS
+    from bidsflux.health.checks import MERCURE_REQUIRED_KEYS
 
     data: dict[str, Any] = {k: "x" for k in MERCURE_REQUIRED_KEYS}
     data.update(port=11112, targets={}, rules={"mr": {"rule": "True"}}, modules={"indexer": {}})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bidsflux import health
-from bidsflux.secretstore import LABEL_MANAGED, LABEL_SECRET, LABEL_STACK, LABEL_VERSION
+from bidsflux.health import checks as health
+from bidsflux.swarm.secretstore import LABEL_MANAGED, LABEL_SECRET, LABEL_STACK, LABEL_VERSION
 from support import require
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mercure_testlib import edit
 
-from bidsflux import mercure_config as mc
-from bidsflux.repository import open_repository
-from bidsflux.yamlsource import load
+from bidsflux.mercure import config as mc
+from bidsflux.site.repository import open_repository
+from bidsflux.site.yamlsource import load
 from support import REPO_ROOT, cli
 
 

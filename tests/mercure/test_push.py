@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from mercure_testlib import REFERENCE, edit
 
-from bidsflux import mercure_config as mc
+from bidsflux.mercure import config as mc
 from bidsflux.diagnostics import UserError
-from bidsflux.mercure_cli import push
-from bidsflux.repository import open_repository
-from bidsflux.yamlsource import load
+from bidsflux.mercure.cli import push
+from bidsflux.site.repository import open_repository
+from bidsflux.site.yamlsource import load
 from support import cli
 
 BOOKKEEPER_SECRET = "bk-9f2d61c0e5a7-do-not-show"

@@ -14,10 +14,10 @@ from mercure_testlib import edit, free_port, synthetic_study
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from bidsflux.dicom import c_echo
-from bidsflux.render import indexer_command
-from bidsflux.rendering import load_and_render
-from bidsflux.repository import open_repository
+from bidsflux.health.dicom import c_echo
+from bidsflux.site.render import indexer_command
+from bidsflux.swarm.stackfile import load_and_render
+from bidsflux.site.repository import open_repository
 from support import dcmtk
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import yaml
 from mercure_testlib import edit
 from passlib.apps import custom_app_context
 
-from bidsflux import mercure_config as mc
-from bidsflux.mercure_cli import read_secret_file
+from bidsflux.mercure import config as mc
+from bidsflux.mercure.cli import read_secret_file
 from support import cli, require
 
 pytestmark = pytest.mark.integration

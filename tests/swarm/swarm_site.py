@@ -101,7 +101,7 @@ class SiteUnderTest:
         return result
 
     def secret_values(self) -> dict[str, str]:
-        from bidsflux.secretstore import read_values_file
+        from bidsflux.swarm.secretstore import read_values_file
 
         return read_values_file(self.tmp / "state" / "secrets.env")
 

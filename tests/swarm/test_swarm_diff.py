@@ -3,7 +3,7 @@ what docker fills in by itself must not."""
 
 from __future__ import annotations
 
-from bidsflux.swarm import desired_service, diff_service
+from bidsflux.swarm.plan import desired_service, diff_service
 
 TOP = {"networks": {"net": {"name": "site_net", "external": True}}}
 SERVICE = {

@@ -1,0 +1,1 @@
+"""The self-management pipeline's helpers: plan notes, health and drift issues."""

@@ -1,0 +1,74 @@
+"""`bidsflux ci ...`: the steps of the self-management pipeline that talk back to GitLab."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from bidsflux.diagnostics import UserError
+
+
+def register(main: click.Group) -> None:
+    from bidsflux.cli import friendly_errors
+
+    @main.group()
+    def ci() -> None:
+        """Pipeline helpers: plan notes, health and drift issues, branch guard."""
+
+    @ci.command("plan-note")
+    @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--mr", "mr_iid", type=int, default=None, help="Merge request IID (default: CI_MERGE_REQUEST_IID).")
+    @friendly_errors
+    def plan_note(files: tuple[Path, ...], mr_iid: int | None) -> None:
+        """Post the plans (plan-<domain>.json files) as one note on the merge request, updated in place."""
+        from bidsflux.ci.reports import connect, gitlab_call, load_plans, plan_note_body, upsert_plan_note
+
+        env = dict(os.environ)
+        iid = mr_iid or (int(env["CI_MERGE_REQUEST_IID"]) if env.get("CI_MERGE_REQUEST_IID") else None)
+        if iid is None:
+            raise UserError("no merge request: CI_MERGE_REQUEST_IID is not set (run in a merge-request pipeline or pass --mr)")
+        project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
+        if not project_id:
+            raise UserError("CI_PROJECT_ID is not set: run this inside a GitLab CI job")
+        gl = connect(env)
+        project = gitlab_call("read the project", gl.projects.get, project_id, lazy=True)
+        body = plan_note_body(load_plans(files), env.get("CI_PIPELINE_URL"))
+        outcome = upsert_plan_note(project, iid, body)
+        click.echo(f"plan note {outcome} on merge request !{iid}")
+
+    @ci.command("issues")
+    @click.option("--kind", type=click.Choice(["health", "drift"]), required=True)
+    @click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @friendly_errors
+    def issues(kind: str, report: Path) -> None:
+        """Open, update or close one GitLab issue per failing check (health) or drifted domain (drift)."""
+        from bidsflux.ci.reports import connect, gitlab_call, problems_from_drift, problems_from_health, sync_issues
+
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UserError(f"{report}: not JSON ({exc})") from None
+        problems, checked = problems_from_health(data) if kind == "health" else problems_from_drift(data)
+        env = dict(os.environ)
+        project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
+        if not project_id:
+            raise UserError("CI_PROJECT_ID is not set: run this inside a GitLab CI job")
+        project = gitlab_call("read the project", connect(env).projects.get, project_id, lazy=True)
+        done = sync_issues(project, kind, problems, checked)
+        for action, keys in done.items():
+            if keys:
+                click.echo(f"{action}: {', '.join(keys)}")
+        if not any(done.values()):
+            click.echo("nothing to report")
+
+    @ci.command("require-default-branch")
+    @friendly_errors
+    def require_default_branch() -> None:
+        """Exit 1 unless this pipeline runs for the default branch (deploys come only from there)."""
+        branch, default = os.environ.get("CI_COMMIT_BRANCH"), os.environ.get("CI_DEFAULT_BRANCH")
+        if not default or branch != default:
+            raise UserError(f"refusing to deploy from {branch or 'a non-branch pipeline'!s}: only the default branch ({default or 'unknown'}) deploys")
+        click.echo(f"deploying from the default branch {default}")

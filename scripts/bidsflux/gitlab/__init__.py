@@ -1,0 +1,1 @@
+"""GitLab: objects of gitlab.yml, tokens, runners, the first admin token, day zero."""

@@ -1,0 +1,270 @@
+"""`bidsflux gitlab plan|apply|root-token|tokens rotate` and `bidsflux runners register|list`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from bidsflux.diagnostics import UserError
+
+DEFAULT_TOKEN_ENV = "BIDSFLUX_GITLAB_TOKEN"
+
+
+@dataclass
+class Session:
+    repo: Any
+    gitlab_doc: dict[str, Any]
+    site: dict[str, Any]
+    url: str
+    token: str
+    stack: str
+
+
+def _default_url(site: dict[str, Any]) -> str:
+    hosts, ports = site.get("hosts") or {}, site.get("ports") or {}
+    port = int(ports.get("http", 80))
+    return f"http://{hosts.get('gitlab', 'localhost')}" + ("" if port == 80 else f":{port}")
+
+
+@contextmanager
+def session(site_path: str | None, root: str | None, url: str | None, token_env: str,
+            use_root_token: bool) -> Iterator[Session]:
+    """Repository, configuration and an admin token (from the environment, or minted in memory
+    through gitlab-rails for the duration of the command and revoked after)."""
+    from bidsflux.gitlab.objects import load_config
+    from bidsflux.site.repository import open_repository
+
+    repo = open_repository(site_path, root)
+    gdoc, site = load_config(repo)
+    stack = str((site.get("site") or {}).get("name", "bidsflux"))
+    url = url or os.environ.get("BIDSFLUX_GITLAB_URL") or _default_url(site)
+    if use_root_token:
+        from bidsflux.swarm.plan import secretstore
+        from bidsflux.gitlab.root_token import find_gitlab_container, root_token
+
+        container = find_gitlab_container(secretstore.docker_client(), stack)
+        with root_token(container) as tok:
+            yield Session(repo, gdoc, site, url, tok.value, stack)
+        return
+    token = os.environ.get(token_env, "")
+    if not token:
+        raise UserError(f"no GitLab token: set {token_env} to an administrator's token (in the pipeline: the masked "
+                        "variable BIDSFLUX_GITLAB_TOKEN), or pass --root-token on the node running GitLab")
+    yield Session(repo, gdoc, site, url, token, stack)
+
+
+def gitlab_options(func: Any) -> Any:
+    from bidsflux.cli import root_option, site_option
+
+    func = click.option("--root-token", "use_root_token", is_flag=True,
+                        help="Mint a short-lived admin token with gitlab-rails in the GitLab task; revoked at the end.")(func)
+    func = click.option("--token-env", default=DEFAULT_TOKEN_ENV, show_default=True,
+                        help="Environment variable holding an administrator's token.")(func)
+    func = click.option("--url", default=None, help="GitLab URL (default: BIDSFLUX_GITLAB_URL, else from site.yml).")(func)
+    return site_option(root_option(func))
+
+
+def _plan(s: Session) -> tuple[Any, Any, Any]:
+    from bidsflux.gitlab.objects import connect, desired, diff, gitlab_errors, observe, secret_values_from
+
+    want = desired(s.gitlab_doc, s.site, secret_values_from(s.site, os.environ))
+    gl = connect(s.url, s.token)
+    with gitlab_errors("reading GitLab objects", s.url, [s.token, *want.secret_values()]):
+        plan = diff(want, observe(gl, want))
+    return gl, want, plan
+
+
+def _echo_plan(plan: Any, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(plan.to_json())
+    else:
+        for line in plan.lines():
+            click.echo(line)
+
+
+def _store(gl: Any, s: Session) -> Any:
+    from bidsflux.gitlab.objects import TokenStore
+
+    values_file = (s.site.get("secrets") or {}).get("file")
+    if values_file and not os.access(os.path.dirname(values_file) or ".", os.W_OK):
+        values_file = None  # not root / not the manager: docker secret and CI variable still receive it
+    return TokenStore(gl, s.stack, values_file)
+
+
+def register(main: click.Group) -> None:
+    from bidsflux.cli import format_option, friendly_errors
+
+    @main.group("gitlab")
+    def gitlab_group() -> None:
+        """GitLab objects of stack/gitlab.yml: bots, tokens, groups, projects, variables, schedules."""
+
+    @gitlab_group.command("plan")
+    @gitlab_options
+    @format_option
+    @friendly_errors
+    def plan_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
+                 fmt: str) -> None:
+        """Show what `apply` would change. Exit 0: nothing; 2: changes pending; 1: error."""
+        with session(site, root, url, token_env, use_root_token) as s:
+            _, _, plan = _plan(s)
+        _echo_plan(plan, fmt)
+        sys.exit(0 if plan.empty else 2)
+
+    @gitlab_group.command("apply")
+    @gitlab_options
+    @format_option
+    @friendly_errors
+    def apply_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
+                  fmt: str) -> None:
+        """Make GitLab match gitlab.yml; new token values are stored before anything uses them."""
+        from bidsflux.gitlab.objects import apply
+
+        with session(site, root, url, token_env, use_root_token) as s:
+            gl, want, plan = _plan(s)
+            result = apply(gl, want, plan, _store(gl, s), s.url)
+        if fmt == "json":
+            click.echo(json.dumps({"applied": result.done, "stored": result.stored}, indent=2))
+        else:
+            for line in result.done or ["GitLab matches gitlab.yml: no change"]:
+                click.echo(line)
+            for label, where in result.stored.items():
+                click.echo(f"token {label} stored in: {', '.join(where)}")
+
+    @gitlab_group.command("root-token")
+    @site_option_late()
+    @click.option("--days", type=click.IntRange(1, 7), default=1, show_default=True, help="Lifetime of the token.")
+    @click.option("--revoke", is_flag=True, help="Revoke every bootstrap admin token and remove their docker secrets.")
+    @friendly_errors
+    def root_token_cmd(site: str | None, root: str | None, days: int, revoke: bool) -> None:
+        """Mint a short-lived admin token with gitlab-rails inside the GitLab task (no browser).
+
+        The value goes into a versioned docker secret (<stack>_gitlab_admin_token_vN) for services
+        and jobs that need it, never to the terminal; `--revoke` ends it. Commands that only need
+        it while they run take --root-token instead."""
+        from bidsflux.swarm.plan import secretstore
+        from bidsflux.gitlab.root_token import find_gitlab_container, mint_root_token, revoke_root_tokens
+        from bidsflux.gitlab.objects import _live_version
+        from bidsflux.site.repository import open_repository
+        from bidsflux.site.yamlsource import load
+
+        repo = open_repository(site, root)
+        stack = str((load(repo.site_file, repo.root).data.get("site") or {}).get("name", "bidsflux"))
+        client = secretstore.docker_client()
+        container = find_gitlab_container(client, stack)
+        logical = "gitlab_admin_token"
+        if revoke:
+            n = revoke_root_tokens(container)
+            removed = 0
+            for sec in client.secrets.list(filters={"label": [f"{secretstore.LABEL_STACK}={stack}",
+                                                              f"{secretstore.LABEL_SECRET}={logical}"]}):
+                sec.remove()
+                removed += 1
+            click.echo(f"revoked {n} bootstrap token(s); removed {removed} docker secret(s)")
+            return
+        tok = mint_root_token(container, days)
+        try:
+            version = _live_version(client, stack, logical) + 1
+            secretstore.create_secret(client, stack, logical, version, tok.value)
+        except BaseException:
+            revoke_root_tokens(container)
+            raise
+        click.echo(f"{tok} stored in docker secret {stack}_{logical}_v{version}; revoke with "
+                   "`bidsflux gitlab root-token --revoke`")
+
+    @gitlab_group.group("tokens")
+    def tokens_group() -> None:
+        """Bot tokens: rotation with GitLab's rotate API."""
+
+    @tokens_group.command("rotate")
+    @click.argument("users", nargs=-1)
+    @gitlab_options
+    @friendly_errors
+    def rotate_cmd(users: tuple[str, ...], site: str | None, root: str | None, url: str | None, token_env: str,
+                   use_root_token: bool) -> None:
+        """Rotate the tokens of USERS (gitlab.yml keys; all bots with a token when none given).
+
+        The new value is stored (values file, docker secret, CI variable) before anything else;
+        a rotation is never retried on its own."""
+        from bidsflux.gitlab.objects import connect, desired, rotate_token
+
+        with session(site, root, url, token_env, use_root_token) as s:
+            want = desired(s.gitlab_doc, s.site, {})
+            bots = [u for u in want.users if u.token]
+            unknown = set(users) - {u.key for u in bots} - {u.username for u in bots}
+            if unknown:
+                raise UserError(f"no bot with a token named {', '.join(sorted(unknown))} in stack/gitlab.yml "
+                                f"(bots: {', '.join(u.key for u in bots)})")
+            chosen = [u for u in bots if not users or u.key in users or u.username in users]
+            gl = connect(s.url, s.token)
+            store = _store(gl, s)
+            for u in chosen:
+                where = rotate_token(gl, u, store)
+                click.echo(f"rotated {u.username}/{u.token.name if u.token else ''}; stored in: {', '.join(where)}")
+
+    @main.group("runners")
+    def runners_group() -> None:
+        """The runner fleet of stack/runners.yml."""
+
+    @runners_group.command("register")
+    @gitlab_options
+    @click.option("--only", multiple=True, help="Runner or service name (repeatable); default: the whole fleet.")
+    @click.option("--runner-url", default=None,
+                  help="GitLab URL the runners use (default: http://<hosts.gitlab>, GitLab's name on the stack network).")
+    @friendly_errors
+    def register_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
+                     only: tuple[str, ...], runner_url: str | None) -> None:
+        """Create each runner (POST /user/runners), store its config.toml as a new secret version,
+        roll its service, then delete the runners it replaces and those runners.yml does not name."""
+        from bidsflux.gitlab.objects import connect
+        from bidsflux.gitlab.runners import SecretSink, config_secrets, register, runner_specs
+        from bidsflux.site.yamlsource import load
+
+        with session(site, root, url, token_env, use_root_token) as s:
+            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
+            template = load(s.repo.stack_template, s.repo.root).data or {}
+            gl = connect(s.url, s.token)
+            target = runner_url or f"http://{(s.site.get('hosts') or {}).get('gitlab', 'gitlab')}"
+            result = register(gl, specs, config_secrets(template), target, SecretSink(s.stack),
+                              set(only) if only else None)
+        for line in result.lines():
+            click.echo(line)
+
+    @runners_group.command("list")
+    @gitlab_options
+    @format_option
+    @friendly_errors
+    def list_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
+                 fmt: str) -> None:
+        """runners.yml next to what GitLab knows (status online/offline/stale/never_contacted)."""
+        from bidsflux.gitlab.objects import connect, gitlab_errors
+        from bidsflux.gitlab.runners import fleet_status, runner_specs
+        from bidsflux.site.yamlsource import load
+
+        with session(site, root, url, token_env, use_root_token) as s:
+            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
+            gl = connect(s.url, s.token)
+            with gitlab_errors("listing runners", s.url, [s.token]):
+                rows = fleet_status(gl, specs)
+        if fmt == "json":
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            ids = ", ".join(f"#{g['id']} {g['status']}" for g in r["gitlab"]) or "-"
+            click.echo(f"{r['name']:<24} {r['service'] or '-':<22} {r['state']:<16} {ids}  tags: {','.join(r['tags']) or '(untagged)'}")
+
+
+def site_option_late() -> Any:
+    """--site and --root (imported lazily: bidsflux.cli imports this module while it loads)."""
+    from bidsflux.cli import root_option, site_option
+
+    def deco(func: Any) -> Any:
+        return site_option(root_option(func))
+
+    return deco

@@ -1,0 +1,1 @@
+"""Mercure: rules, its configuration model, files under its lock, its compose project."""

@@ -1,0 +1,1 @@
+"""The site as data: YAML with positions, schemas, cross checks, rendering of templates."""

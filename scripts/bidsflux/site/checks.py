@@ -1,0 +1,286 @@
+"""`bidsflux validate`: schema checks of every file under stack/, then the rules no schema
+can express (cross references, port collisions, placement, placeholders, private subnet), then
+the CI files and the rendered stack against the official GitLab CI and compose-spec schemas."""
+
+from __future__ import annotations
+
+import ipaddress
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bidsflux.site import schemas
+from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site.render import NON_SWARM_SERVICES, ROLE_LABEL_PREFIX, render_stack, secret_catalog
+from bidsflux.site.repository import Repository
+from bidsflux.site.yamlsource import Document, load
+
+# What the dicom_indexer puts into its templates (see DESIGN.md).
+INDEXER_PLACEHOLDERS = {
+    "ReferringPhysicianName", "StudyDescription", "StudyDescriptionPath",
+    "PatientID", "PatientName", "StudyDate", "StudyInstanceUID",
+}
+# GitLab CI keywords that are not jobs.
+CI_GLOBAL_KEYS = {
+    "default", "include", "stages", "variables", "workflow", "image", "services", "cache",
+    "before_script", "after_script", "pages", "spec",
+}
+
+
+@dataclass
+class Loaded:
+    """Documents that loaded and passed their schema, by repository-relative path."""
+
+    docs: dict[str, Document] = field(default_factory=dict)
+    valid: set[str] = field(default_factory=set)
+
+
+def _load_all(repo: Repository, out: list[Diagnostic]) -> Loaded:
+    loaded = Loaded()
+    for rel, schema_name in schemas.STACK_SCHEMAS.items():
+        path = repo.site_file if rel == "stack/site.yml" else repo.root / rel
+        try:
+            doc = load(path, repo.root)
+        except UserError as exc:
+            out.extend(exc.diagnostics)
+            continue
+        loaded.docs[rel] = doc
+        if doc.data is None:
+            out.append(doc.diagnostic([], "file is empty"))
+            continue
+        problems = schemas.check_document(doc, repo.schema_dir / schema_name)
+        out.extend(problems)
+        if not problems:
+            loaded.valid.add(rel)
+    return loaded
+
+
+def _modeline_checks(repo: Repository, loaded: Loaded, out: list[Diagnostic]) -> None:
+    for rel, doc in loaded.docs.items():
+        first = doc.path.read_text(encoding="utf-8").splitlines()[:1]
+        if not first or not first[0].startswith("# yaml-language-server: $schema="):
+            out.append(Diagnostic(doc.display, 1, 1, "", "first line must be a '# yaml-language-server: $schema=...' modeline"))
+            continue
+        target = (doc.path.parent / first[0].split("=", 1)[1].strip()).resolve()
+        expected = (repo.schema_dir / schemas.STACK_SCHEMAS[rel]).resolve()
+        if target != expected:
+            out.append(Diagnostic(doc.display, 1, 1, "", f"modeline points at {first[0].split('=', 1)[1].strip()}, expected the schema {expected.name}"))
+
+
+def _site_checks(site: Document, out: list[Diagnostic]) -> None:
+    data = site.data
+    subnet_path = ["swarm", "network", "subnet"]
+    try:
+        net = ipaddress.ip_network(data["swarm"]["network"]["subnet"], strict=True)
+    except ValueError as exc:
+        out.append(site.diagnostic(subnet_path, f"not a network address: {exc}"))
+    else:
+        private = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+        if not any(net.subnet_of(p) for p in private):
+            out.append(site.diagnostic(
+                subnet_path,
+                f"{net} is not a private range: overlay traffic to it would shadow real hosts on "
+                "the internet; use a block inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+            ))
+    for i, cidr in enumerate(data["health"]["monitoring_allowlist"]):
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            out.append(site.diagnostic(["health", "monitoring_allowlist", i], f"not a network address: {exc}"))
+
+    # Port collisions: every published port, plus the swarm data-path port.
+    seen: dict[int, list[object]] = {}
+    for name, port in data["ports"].items():
+        path: list[object] = ["ports", name]
+        if port in seen:
+            out.append(site.diagnostic(path, f"port {port} is already used by {'.'.join(map(str, seen[port]))}"))
+        else:
+            seen[port] = path
+    dpp = data["swarm"]["data_path_port"]
+    if dpp in seen:
+        out.append(site.diagnostic(["swarm", "data_path_port"], f"port {dpp} is already used by {'.'.join(map(str, seen[dpp]))}"))
+    if dpp == 4789:
+        out.append(site.diagnostic(["swarm", "data_path_port"], "4789 is the VXLAN default that other overlays use; pick another (9789)"))
+
+    # Indexer templates may only use what the indexer knows.
+    for key in ("storage_remote", "gitlab_group_template"):
+        text = data["indexer"][key]
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as exc:
+            out.append(site.diagnostic(["indexer", key], f"bad placeholder syntax: {exc}"))
+            continue
+        for f in fields:
+            base = f.split(".")[0].split("[")[0]
+            if base not in INDEXER_PLACEHOLDERS:
+                allowed = ", ".join(sorted(INDEXER_PLACEHOLDERS))
+                shown = "{" + f + "}" if f else "{}"
+                out.append(site.diagnostic(["indexer", key], f"placeholder {shown} is not DICOM metadata the indexer provides ({allowed})"))
+    remote = urlsplit(data["indexer"]["storage_remote"].replace("{", "").replace("}", ""))
+    if remote.hostname == data["hosts"]["s3_console"] or remote.port == data["ports"]["s3_console"]:
+        out.append(site.diagnostic(["indexer", "storage_remote"], "points at the S3 console, not the S3 API: uploads would be silently lost; use hosts.s3 and ports.s3_api"))
+
+    for name, ref in data["images"].items():
+        if isinstance(ref, str) and ref.endswith(":latest"):
+            out.append(site.diagnostic(["images", name], "':latest' is not pinned; use a release tag or a digest"))
+
+    h = data["health"]
+    if h["disk_warn_percent"] >= h["disk_fail_percent"]:
+        out.append(site.diagnostic(["health", "disk_warn_percent"], "must be below disk_fail_percent"))
+    if h["token_fail_days"] >= h["token_warn_days"]:
+        out.append(site.diagnostic(["health", "token_fail_days"], "must be below token_warn_days"))
+
+    seen_roles: dict[str, str] = {}
+    for role, services in data["roles"].items():
+        for i, svc in enumerate(services):
+            if svc in seen_roles:
+                out.append(site.diagnostic(["roles", role, i], f"'{svc}' is already placed on role {seen_roles[svc]}; a service runs on one role"))
+            seen_roles[svc] = role
+
+
+def _placement_checks(site: Document, template: Document, out: list[Diagnostic]) -> None:
+    roles = site.data["roles"]
+    placed = {svc for services in roles.values() for svc in services}
+    services = template.data.get("services") or {}
+    for role, names in roles.items():
+        for i, svc in enumerate(names):
+            if svc not in services and svc not in NON_SWARM_SERVICES:
+                out.append(site.diagnostic(["roles", role, i], f"no service '{svc}' in stack/bidsflux.stack.yml"))
+    for name, spec in services.items():
+        if name not in placed:
+            out.append(template.diagnostic(["services", name], f"service is on no node role; add it to roles in {site.display}"))
+        constraints = ((spec.get("deploy") or {}).get("placement") or {}).get("constraints") or []
+        for i, c in enumerate(constraints):
+            if isinstance(c, str) and f"node.labels.{ROLE_LABEL_PREFIX}" in c:
+                role = c.split(f"node.labels.{ROLE_LABEL_PREFIX}", 1)[1].split("=")[0].split("!")[0].strip()
+                if role not in roles:
+                    out.append(template.diagnostic(
+                        ["services", name, "deploy", "placement", "constraints", i],
+                        f"label {ROLE_LABEL_PREFIX}{role} is provided by no node role (roles: {', '.join(roles)})",
+                    ))
+
+
+def _secret_checks(template: Document, out: list[Diagnostic]) -> None:
+    catalog = secret_catalog(template.data)
+    declared = template.data.get("secrets") or {}
+    for name in declared:
+        if name not in catalog:
+            out.append(template.diagnostic(["secrets", name], "secret is not declared in x-bidsflux-secrets (bootstrap would not create it)"))
+    for svc, spec in (template.data.get("services") or {}).items():
+        for i, s in enumerate(spec.get("secrets") or []):
+            source = s if isinstance(s, str) else (s or {}).get("source")
+            if source not in declared:
+                out.append(template.diagnostic(["services", svc, "secrets", i], f"secret '{source}' is not defined under secrets:"))
+
+
+def _mercure_checks(site: Document, rules: Document, template: Document | None, out: list[Diagnostic]) -> None:
+    from bidsflux.mercure.rules import check_rules  # the Mercure domain owns its own semantics
+
+    catalog = secret_catalog(template.data) if template is not None else None
+    out.extend(check_rules(rules, site.data, catalog))
+
+
+def _runner_checks(repo: Repository, runners: Document, template: Document | None, ci_docs: list[Document], out: list[Diagnostic]) -> None:
+    services = (template.data.get("services") or {}) if template is not None else None
+    fleet = runners.data["runners"]
+    for name, spec in fleet.items():
+        if services is not None and spec["service"] not in services:
+            out.append(runners.diagnostic(["runners", name, "service"], f"no service '{spec['service']}' in stack/bidsflux.stack.yml"))
+    offers = [set(spec.get("tags") or []) for spec in fleet.values()]
+    untagged = any(spec.get("run_untagged") for spec in fleet.values())
+    for doc in ci_docs:
+        if not isinstance(doc.data, dict):
+            continue
+        default_tags = ((doc.data.get("default") or {}) if isinstance(doc.data.get("default"), dict) else {}).get("tags")
+        for job, spec in doc.data.items():
+            if job in CI_GLOBAL_KEYS or not isinstance(spec, dict):
+                continue
+            tags = spec.get("tags", default_tags)
+            if not isinstance(tags, list):
+                continue
+            wanted = {t for t in tags if isinstance(t, str) and "$" not in t}
+            if not wanted:
+                if not job.startswith(".") and not untagged and "tags" in spec:
+                    out.append(doc.diagnostic([job, "tags"], "no runner in stack/runners.yml runs untagged jobs"))
+                continue
+            if not any(wanted <= offer for offer in offers):
+                out.append(doc.diagnostic(
+                    [job, "tags"],
+                    f"no runner in stack/runners.yml offers all of {', '.join(sorted(wanted))}",
+                ))
+
+
+def _gitlab_checks(site: Document, gitlab: Document, template: Document | None, out: list[Diagnostic]) -> None:
+    data = gitlab.data or {}
+    catalog = secret_catalog(template.data) if template is not None else None
+    for name, var in (data.get("variables") or {}).items():
+        if "secret" in var and catalog is not None and var["secret"] not in catalog:
+            out.append(gitlab.diagnostic(["variables", name, "secret"], f"unknown secret '{var['secret']}' (declared: {', '.join(sorted(catalog))})"))
+        if "value_from" in var:
+            node: Any = site.data
+            for part in var["value_from"].split(".")[1:]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None or isinstance(node, (dict, list)):
+                out.append(gitlab.diagnostic(["variables", name, "value_from"], f"{var['value_from']} is not a value in {site.display}"))
+        if "secret" in var and not var.get("masked"):
+            out.append(gitlab.diagnostic(["variables", name, "masked"], "a variable holding a secret must be masked"))
+    projects = data.get("projects") or {}
+    for name, sched in (data.get("schedules") or {}).items():
+        if sched["project"] not in projects:
+            out.append(gitlab.diagnostic(["schedules", name, "project"], f"project '{sched['project']}' is not in projects"))
+
+
+def _ci_docs(repo: Repository, out: list[Diagnostic]) -> list[Document]:
+    docs = []
+    paths = [repo.gitlab_ci] if repo.gitlab_ci.exists() else []
+    if repo.ci_templates.is_dir():
+        paths += sorted(p for p in repo.ci_templates.rglob("*.yml"))
+    for path in paths:
+        try:
+            doc = load(path, repo.root)
+        except UserError as exc:
+            out.extend(exc.diagnostics)
+            continue
+        if doc.data is None:
+            continue
+        out.extend(schemas.check_vendor(doc, "gitlab-ci"))
+        docs.append(doc)
+    return docs
+
+
+def _rendered_checks(repo: Repository, site: Document, template: Document, out: list[Diagnostic]) -> None:
+    try:
+        rendered = render_stack(site.data, template)
+    except UserError as exc:
+        out.extend(exc.diagnostics)
+        return
+    doc = Document(path=Path("<rendered stack>"), display="<rendered stack>", raw=None, data=rendered.data)
+    for d in schemas.check_vendor(doc, "compose-spec"):
+        # The rendered file has no lines of its own: point at the template key instead.
+        line, col = template.locate(d.key.replace("[", ".").replace("]", "").split(".")) if d.key else (1, 1)
+        out.append(Diagnostic(template.display, line, col, d.key, f"rendered stack: {d.message}"))
+
+
+def validate(repo: Repository) -> list[Diagnostic]:
+    out: list[Diagnostic] = schemas.check_schema_files(repo.schema_dir)
+    loaded = _load_all(repo, out)
+    _modeline_checks(repo, loaded, out)
+    ci_docs = _ci_docs(repo, out)
+    site = loaded.docs.get("stack/site.yml") if "stack/site.yml" in loaded.valid else None
+    template = loaded.docs.get("stack/bidsflux.stack.yml") if "stack/bidsflux.stack.yml" in loaded.valid else None
+    if site is not None:
+        _site_checks(site, out)
+    if site is not None and template is not None:
+        _placement_checks(site, template, out)
+        _rendered_checks(repo, site, template, out)
+    if template is not None:
+        _secret_checks(template, out)
+    if "stack/runners.yml" in loaded.valid:
+        _runner_checks(repo, loaded.docs["stack/runners.yml"], template, ci_docs, out)
+    if site is not None and "stack/gitlab.yml" in loaded.valid:
+        _gitlab_checks(site, loaded.docs["stack/gitlab.yml"], template, out)
+    if site is not None and "stack/mercure/rules.yml" in loaded.valid:
+        _mercure_checks(site, loaded.docs["stack/mercure/rules.yml"], template, out)
+    return sorted(set(out), key=lambda d: (d.file, d.line, d.col, d.key, d.message))

@@ -1,0 +1,194 @@
+"""Render the swarm stack template (stack/bidsflux.stack.yml) against the site file.
+
+The template is plain YAML whose string values may hold Jinja expressions over the site file.
+A value that is exactly one "{{ expr }}" keeps the expression's type, so ports stay numbers and
+lists stay lists. Output is deterministic: keys are sorted and nothing depends on time.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site.yamlsource import Document
+
+ROLE_LABEL_PREFIX = "bidsflux.role."
+# Services that run outside the swarm stack but may be named in site.yml roles.
+NON_SWARM_SERVICES = {"mercure"}
+_SINGLE_EXPR = re.compile(r"^\{\{\s*(.+?)\s*\}\}$", re.S)
+
+HEADER = "# Rendered by `bidsflux render` from stack/site.yml and stack/bidsflux.stack.yml. Do not edit.\n"
+
+
+def role_label(role: str) -> str:
+    return f"{ROLE_LABEL_PREFIX}{role}"
+
+
+def role_constraint(role: str) -> str:
+    return f"node.labels.{role_label(role)} == true"
+
+
+def versioned_secret_name(stack: str, logical: str, version: int) -> str:
+    return f"{stack}_{logical}_v{version}"
+
+
+@dataclass
+class RenderedStack:
+    stack_name: str
+    data: dict[str, Any]
+    secrets: dict[str, str]  # logical secret -> versioned docker name
+
+    def to_yaml(self) -> str:
+        return HEADER + dump_yaml(self.data)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=True, default_flow_style=False, width=1000, allow_unicode=True)
+
+
+def secret_catalog(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Logical secrets the stack needs, with how each is generated and what rotation implies."""
+    return dict(template.get("x-bidsflux-secrets") or {})
+
+
+def indexer_command(site: Mapping[str, Any]) -> str:
+    """storescp's --exec-on-eostudy command; storescp runs it through /bin/sh and puts the
+    study folder in place of #p."""
+    idx = site["indexer"]
+    args = [
+        "dicom_indexer",
+        "--gitlab-url", f"http://{site['hosts']['gitlab']}",
+        "--storage-remote", idx["storage_remote"],
+        "--gitlab-group-template", idx["gitlab_group_template"],
+    ]
+    if idx.get("session_name_tag"):
+        args += ["--session-name-tag", idx["session_name_tag"]]
+    return " ".join(shlex.quote(a) for a in args) + " #p"
+
+
+def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str]) -> dict[str, Any]:
+    disks = site["paths"]["minio_disks"]
+    targets = [f"/data{i + 1}" for i in range(len(disks))]
+    return {
+        **site,
+        "minio_volumes": [
+            {"type": "bind", "source": d["path"], "target": t} for d, t in zip(disks, targets, strict=True)
+        ],
+        "minio_volume_targets": targets,
+        "indexer_command": indexer_command(site),
+        "secret_name": secret_name,
+    }
+
+
+class TemplateRenderer:
+    """Expands "{{ ... }}" in a YAML tree (sandboxed), collecting errors with their file positions."""
+
+    def __init__(self, template_doc: Document, context: dict[str, Any]) -> None:
+        self.doc = template_doc
+        self.context = context
+        # Sandboxed: the template is data from the repository, it must not reach Python internals.
+        self.env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self.errors: list[Diagnostic] = []
+
+    def value(self, node: Any, path: list[Any]) -> Any:
+        if isinstance(node, dict):
+            return {k: self.value(v, [*path, k]) for k, v in node.items() if not str(k).startswith("x-bidsflux")}
+        if isinstance(node, list):
+            return [self.value(v, [*path, i]) for i, v in enumerate(node)]
+        if isinstance(node, str) and "{{" in node:
+            return self.expand(node, path)
+        return node
+
+    def expand(self, text: str, path: list[Any]) -> Any:
+        try:
+            single = _SINGLE_EXPR.match(text)
+            if single and "{{" not in single.group(1):
+                return self.env.compile_expression(single.group(1), undefined_to_none=False)(**self.context)
+            return self.env.from_string(text).render(**self.context)
+        except jinja2.TemplateError as exc:
+            self.errors.append(self.doc.diagnostic(path, f"template: {exc}"))
+            return None
+
+    def condition(self, expr: Any, path: list[Any]) -> bool:
+        if not isinstance(expr, str):
+            self.errors.append(self.doc.diagnostic(path, "x-bidsflux-when must be an expression string"))
+            return False
+        try:
+            return bool(self.env.compile_expression(expr, undefined_to_none=False)(**self.context))
+        except jinja2.TemplateError as exc:
+            self.errors.append(self.doc.diagnostic(path, f"template: {exc}"))
+            return False
+
+
+def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapping[str, int] | None = None) -> RenderedStack:
+    """The stack file `docker stack deploy` receives. `versions` maps a logical secret to its
+    current version (1 when unknown)."""
+    stack = site["site"]["name"]
+    versions = dict(versions or {})
+    template = template_doc.data
+    if not isinstance(template, dict):
+        raise UserError("", [template_doc.diagnostic([], "the stack template must be a mapping")])
+    catalog = secret_catalog(template)
+    used: dict[str, str] = {}
+
+    def secret_name(logical: str) -> str:
+        if logical not in catalog:
+            raise jinja2.TemplateError(f"secret '{logical}' is not declared in x-bidsflux-secrets")
+        used[logical] = versioned_secret_name(stack, logical, int(versions.get(logical, 1)))
+        return used[logical]
+
+    renderer = TemplateRenderer(template_doc, template_context(site, secret_name))
+    role_of = {svc: role for role, services in site["roles"].items() for svc in services}
+
+    services: dict[str, Any] = {}
+    for name, spec in (template.get("services") or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        if "x-bidsflux-when" in spec and not renderer.condition(spec["x-bidsflux-when"], ["services", name, "x-bidsflux-when"]):
+            continue
+        out = renderer.value(spec, ["services", name])
+        role = role_of.get(name)
+        if role is not None:
+            deploy = out.setdefault("deploy", {})
+            placement = deploy.setdefault("placement", {})
+            constraints = placement.setdefault("constraints", [])
+            if role_constraint(role) not in constraints:
+                constraints.append(role_constraint(role))
+        services[name] = out
+
+    data: dict[str, Any] = {"services": services}
+    for section in ("networks", "volumes", "configs", "secrets"):
+        if section in template:
+            data[section] = renderer.value(template[section], [section])
+    # Drop secrets no rendered service uses (for example storescp's when Mercure is the endpoint).
+    if "secrets" in data:
+        referenced = {
+            (s if isinstance(s, str) else s.get("source"))
+            for svc in services.values()
+            for s in svc.get("secrets", []) or []
+        }
+        data["secrets"] = {k: v for k, v in data["secrets"].items() if k in referenced}
+        used = {k: v for k, v in used.items() if k in referenced}
+    if renderer.errors:
+        raise UserError("", renderer.errors)
+    return RenderedStack(stack_name=stack, data=data, secrets=dict(sorted(used.items())))

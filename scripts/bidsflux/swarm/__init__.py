@@ -1,0 +1,1 @@
+"""Docker Swarm: desired/observed state, plan, deploy and hand-off, secrets, bootstrap, preflight."""

@@ -1,0 +1,328 @@
+"""Applying a swarm plan: prerequisites, `docker stack deploy`, waiting on updates, and the
+hand-off to a detached swarm job when the deploy would restart what runs the current CI job."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bidsflux.diagnostics import UserError
+from bidsflux.site.render import RenderedStack, secret_catalog
+from bidsflux.site.repository import Repository
+from bidsflux.swarm.secretstore import create_secret, docker_client, generate_value, write_values_file
+from bidsflux.swarm.plan import (
+    DesiredState,
+    ObservedState,
+    Plan,
+    ServiceOutcome,
+    add_node_label,
+    desired,
+    diff,
+    ensure_network,
+    format_plan,
+    local_node_id,
+    observe,
+    stack_deploy,
+    wait_for_services,
+)
+from bidsflux.site.yamlsource import Document
+
+HANDOFF_LABEL = "io.bidsflux.handoff"
+HANDOFF_FILE = "/handoff/bidsflux.stack.yml"
+
+
+@dataclass
+class SwarmContext:
+    repo: Repository
+    site: dict[str, Any]
+    template: Document
+    rendered: RenderedStack
+    client: Any
+
+    @property
+    def stack(self) -> str:
+        return self.rendered.stack_name
+
+    @property
+    def network_name(self) -> str:
+        return self.site["swarm"]["network"]["name"]
+
+    def desired(self) -> DesiredState:
+        return desired(self.rendered, self.site)
+
+    def observe(self) -> ObservedState:
+        return observe(self.client, self.stack, self.network_name)
+
+    def plan(self) -> Plan:
+        return diff(self.desired(), self.observe())
+
+    def rerender(self) -> None:
+        """Render again with the secret versions live now (after secrets were created or rotated)."""
+        from bidsflux.site.render import render_stack
+        from bidsflux.swarm.stackfile import secret_versions
+
+        self.rendered = render_stack(self.site, self.template, secret_versions(self.stack, "live"))
+
+
+def load_context(site: str | None, root: str | None, versions: str = "live") -> SwarmContext:
+    """Site, template, engine and the rendered stack; `versions` says where secret versions come
+    from ("live": the swarm must answer; "auto": version 1 when there is no swarm yet)."""
+    from bidsflux.site.render import render_stack
+    from bidsflux.swarm.stackfile import load_valid, secret_versions
+    from bidsflux.site.repository import open_repository
+
+    repo = open_repository(site, root)
+    site_doc, template = load_valid(repo)
+    client = docker_client()
+    rendered = render_stack(site_doc.data, template, secret_versions(site_doc.data["site"]["name"], versions))
+    return SwarmContext(repo, site_doc.data, template, rendered, client)
+
+
+# ---------------------------------------------------------------- prerequisites
+
+
+def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list[str]:
+    """Network, node labels and missing secrets: what `docker stack deploy` cannot create."""
+    done: list[str] = []
+    for c in plan.of("network", "update"):
+        differences = ", ".join(f"{k} is {v['live']}, site.yml says {v['desired']}" for k, v in c.fields.items())
+        raise UserError(f"network {c.name}: {differences}; {c.note}")
+    for c in plan.of("network", "create"):
+        ensure_network(ctx.client, c.name, ctx.site["swarm"]["network"]["subnet"])
+        done.append(f"created attachable overlay network {c.name} ({ctx.site['swarm']['network']['subnet']})")
+    labels = plan.of("node_label", "create")
+    if labels:
+        if any(c.name.startswith("?") for c in labels):
+            raise UserError("; ".join(c.note for c in labels if c.note))
+        node = local_node_id(ctx.client)
+        for c in labels:
+            key = c.fields["label"]["desired"].split("=", 1)[0]
+            add_node_label(ctx.client, node, key)
+            done.append(f"labelled node {c.name.split(':')[0]} with {key}=true")
+    missing = plan.of("secret", "create")
+    if missing:
+        catalog = secret_catalog(ctx.template.data)
+        by_name = {v: k for k, v in ctx.rendered.secrets.items()}
+        values = {}
+        for c in missing:
+            logical = by_name[c.name]
+            values[logical] = generate_value(str(catalog[logical].get("generate", "password")))
+        # The values file first: a value must never exist only inside the swarm.
+        write_values_file(ctx.site["secrets"]["file"], values)
+        for c in missing:
+            logical = by_name[c.name]
+            version = int(c.name.rsplit("_v", 1)[1])
+            create_secret(ctx.client, ctx.stack, logical, version, values[logical])
+            done.append(f"created secret {c.name}")
+        done.append(f"wrote {len(values)} new value(s) to {ctx.site['secrets']['file']} (0600)")
+    return done
+
+
+# ---------------------------------------------------------------- waiting with progress
+
+
+def wait_with_progress(ctx: SwarmContext, names: list[str], started: float, timeout: float,
+                       console: Console) -> list[ServiceOutcome]:
+    if not names:
+        return []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        tasks = {n: progress.add_task(f"{n}: waiting", total=None) for n in names}
+
+        def on_progress(name: str, text: str, _now: float) -> None:
+            progress.update(tasks[name], description=f"{name}: {text}")
+
+        outcomes = wait_for_services(ctx.client, names, started, timeout, on_progress)
+        for o in outcomes:
+            progress.update(tasks[o.name], description=f"{o.name}: {o.state}", total=1, completed=1)
+    return outcomes
+
+
+def outcome_table(outcomes: list[ServiceOutcome]) -> Table:
+    table = Table(title="services", show_lines=False)
+    for col in ("service", "result", "running now", "detail"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        table.add_row(o.name, "[green]ok[/]" if o.ok else f"[red]{o.state}[/]", o.running_image, o.detail)
+    return table
+
+
+def deploy_services(ctx: SwarmContext, plan: Plan, timeout: float, console: Console) -> list[ServiceOutcome]:
+    changed = [c.name for c in plan.service_changes if c.action in ("create", "update")]
+    if not plan.service_changes:
+        return []
+    started = time.time()
+    console.print(f"docker stack deploy --prune {ctx.stack} ({len(changed)} service(s) to create or update)")
+    stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
+    return wait_with_progress(ctx, changed, started, timeout, console)
+
+
+def report_failures(outcomes: list[ServiceOutcome], console: Console) -> bool:
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        console.print(f"[red]FAILED[/] {o.name}: update {o.state}. {o.detail}. Running now: {o.running_image or 'nothing'}")
+    return not failed
+
+
+# ---------------------------------------------------------------- CI self-update hand-off
+
+
+def ci_self_services(repo: Repository, stack: str, env: Mapping[str, str]) -> set[str]:
+    """Services whose update would kill the CI job running this command: GitLab itself and the
+    runner service executing the job (all runner services when the job's runner is unknown)."""
+    if env.get("GITLAB_CI") != "true":
+        return set()
+    from bidsflux.site.yamlsource import load
+
+    runners = (load(repo.runners_file, repo.root).data or {}).get("runners") or {}
+    services = {r.get("service") for r in runners.values() if r.get("service")}
+    desc = env.get("CI_RUNNER_DESCRIPTION", "")
+    mine = {r.get("service") for r in runners.values() if desc and r.get("description") == desc and r.get("service")}
+    return {f"{stack}_gitlab"} | {f"{stack}_{s}" for s in (mine or services)}
+
+
+def handoff_image(env: Mapping[str, str]) -> str:
+    image = env.get("BIDSFLUX_HANDOFF_IMAGE") or env.get("CI_JOB_IMAGE")
+    if not image:
+        raise UserError("this deploy restarts the service running the CI job and must run as a detached swarm job; "
+                        "set BIDSFLUX_HANDOFF_IMAGE to an image with bidsflux and the docker CLI")
+    return image
+
+
+def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: float) -> str:
+    """A one-shot replicated-job service on a manager that runs the deploy from the rendered file;
+    it keeps running when the CI job (and its runner) are restarted by that very deploy."""
+    from docker.errors import APIError
+
+    stamp = time.strftime("%Y%m%d%H%M%S") + f"{int(time.time() * 1000) % 1000:03d}"
+    name = f"{ctx.stack}_handoff_{stamp}"
+    labels = {HANDOFF_LABEL: ctx.stack, "io.bidsflux.managed": "true"}
+    config = ctx.client.configs.create(name=name, data=ctx.rendered.to_yaml().encode(), labels=labels)
+    try:
+        _create_job(ctx, name, image, services, timeout, labels, config.id)
+    except APIError as exc:
+        cleanup_handoff(ctx.client, name)
+        raise UserError(f"cannot start the hand-off job with image {image}: {exc.explanation or exc}") from None
+    return name
+
+
+def _create_job(ctx: SwarmContext, name: str, image: str, services: list[str], timeout: float,
+                labels: dict[str, str], config_id: str) -> None:
+    from docker.types import ConfigReference, RestartPolicy, ServiceMode
+
+    ctx.client.services.create(
+        image,
+        command=["bidsflux", "swarm", "apply-rendered", "--stack", ctx.stack, "--file", HANDOFF_FILE,
+                 "--timeout", str(int(timeout)), *[a for s in services for a in ("--service", s)]],
+        name=name,
+        labels=labels,
+        mode=ServiceMode("replicated-job", concurrency=1),
+        restart_policy=RestartPolicy(condition="none"),
+        mounts=["/var/run/docker.sock:/var/run/docker.sock:rw"],
+        constraints=["node.role == manager"],
+        configs=[ConfigReference(config_id, name, filename=HANDOFF_FILE)],
+    )
+
+
+def poll_handoff(ctx: SwarmContext, name: str, timeout: float, console: Console) -> int:
+    """Wait for the job's task to finish; its logs are the deploy's report."""
+    deadline = time.monotonic() + timeout
+    state = "pending"
+    with console.status(f"waiting for hand-off job {name}") as status:
+        while time.monotonic() < deadline:
+            tasks = ctx.client.api.tasks(filters={"service": name})
+            states = [(t.get("Status") or {}).get("State") for t in tasks]
+            state = states[0] if states else "pending"
+            status.update(f"waiting for hand-off job {name}: {state}")
+            if state in ("complete", "failed", "rejected", "shutdown"):
+                break
+            time.sleep(1)
+    try:
+        logs = b"".join(ctx.client.api.service_logs(name, stdout=True, stderr=True)).decode(errors="replace")
+    except Exception:  # noqa: BLE001 - logs are a courtesy; the state is the result
+        logs = ""
+    if logs.strip():
+        console.print(logs.rstrip())
+    ok = state == "complete"
+    console.print(f"hand-off job {name}: {state}" + ("" if ok else f" (see `docker service ps {name}`)"))
+    if state in ("complete", "failed", "rejected"):
+        cleanup_handoff(ctx.client, name)
+    return 0 if ok else 1
+
+
+def cleanup_handoff(client: Any, name: str) -> None:
+    from docker.errors import NotFound
+
+    for remove in (lambda: client.api.remove_service(name), lambda: client.configs.get(name).remove()):
+        try:
+            remove()
+        except NotFound:
+            pass
+    # A finished job's exited container is not collected with its service on every engine.
+    for c in client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
+        try:
+            client.api.remove_container(c["Id"], force=True)
+        except NotFound:
+            pass
+
+
+def cleanup_finished_handoffs(ctx: SwarmContext) -> None:
+    for svc in ctx.client.api.services(filters={"label": f"{HANDOFF_LABEL}={ctx.stack}"}):
+        states = {(t.get("Status") or {}).get("State") for t in ctx.client.api.tasks(filters={"service": svc["ID"]})}
+        if states and states <= {"complete", "failed", "rejected", "shutdown"}:
+            cleanup_handoff(ctx.client, svc["Spec"]["Name"])
+
+
+# ---------------------------------------------------------------- the deploy command
+
+
+def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping[str, str] | None = None,
+               allow_handoff: bool = True) -> int:
+    env = dict(os.environ if env is None else env)
+    plan = ctx.plan()
+    if plan.empty:
+        console.print("No changes. Nothing was deployed; no task was restarted.")
+        return 0
+    for line in format_plan(plan):
+        console.print(line, highlight=False, markup=False)
+    changed = {c.name for c in plan.service_changes}
+    at_risk = sorted(changed & ci_self_services(ctx.repo, ctx.stack, env)) if allow_handoff else []
+    if at_risk:
+        image = handoff_image(env)
+        # Prerequisites are safe to create from here: they restart nothing.
+        for line in apply_prerequisites(ctx, plan, console):
+            console.print(line)
+        ctx.rerender()
+        updated = sorted(c.name for c in plan.service_changes if c.action in ("create", "update"))
+        name = launch_handoff(ctx, updated, image, timeout)
+        console.print(f"this deploy updates {', '.join(at_risk)}, which runs this CI job: handed off to the "
+                      f"swarm job {name}, which outlives the job; polling it")
+        return poll_handoff(ctx, name, timeout + 120, console)
+    for line in apply_prerequisites(ctx, plan, console):
+        console.print(line)
+    ctx.rerender()
+    outcomes = deploy_services(ctx, plan, timeout, console)
+    if outcomes:
+        console.print(outcome_table(outcomes))
+    ok = report_failures(outcomes, console)
+    console.print("deploy finished" if ok else "[red]deploy failed[/]: the services above rolled back or paused")
+    return 0 if ok else 1
+
+
+def apply_rendered(stack: str, compose_text: str, services: list[str], timeout: float, console: Console) -> int:
+    """What the hand-off job runs: deploy the given rendered file and wait for the services."""
+    client = docker_client()
+    started = time.time()
+    stack_deploy(compose_text, stack)
+    ctx = SwarmContext(None, {}, None, None, client)  # type: ignore[arg-type]
+    outcomes = wait_with_progress(ctx, services, started, timeout, console)
+    console.print(outcome_table(outcomes))
+    return 0 if report_failures(outcomes, console) else 1
+

@@ -1,0 +1,188 @@
+"""Versioned docker secrets owned by bidsflux: naming, labels and the current versions.
+
+Docker secrets are immutable, so every value lives in its own object named
+<stack>_<logical>_v<N> and labelled as ours; the highest version present is the current one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bidsflux.diagnostics import UserError
+
+LABEL_MANAGED = "io.bidsflux.managed"
+LABEL_STACK = "io.bidsflux.stack"
+LABEL_SECRET = "io.bidsflux.secret"
+LABEL_VERSION = "io.bidsflux.version"
+
+
+def docker_client():  # type: ignore[no-untyped-def]
+    """docker-py client from the environment; an unreachable engine is a UserError with the fix."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except DockerException as exc:
+        raise UserError(
+            f"cannot reach the Docker engine ({str(exc).splitlines()[0][:200]}); start it "
+            "(systemctl start docker, or dockerd) or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def live_versions(stack: str) -> dict[str, int]:
+    """Highest version of each logical secret of `stack` present in the swarm."""
+    from docker.errors import APIError
+
+    client = docker_client()
+    try:
+        secrets = client.secrets.list(filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={stack}"]})
+    except APIError as exc:
+        raise UserError(f"cannot list swarm secrets: {exc.explanation or exc}; is this node a swarm manager?") from None
+    versions: dict[str, int] = {}
+    for s in secrets:
+        labels = s.attrs.get("Spec", {}).get("Labels", {}) or {}
+        try:
+            logical, version = labels[LABEL_SECRET], int(labels[LABEL_VERSION])
+        except (KeyError, ValueError):
+            continue
+        versions[logical] = max(version, versions.get(logical, 0))
+    return versions
+
+
+# ---------------------------------------------------------------- values, the values file, lifecycle
+
+_ALNUM_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def generate_value(kind: str) -> str:
+    """A fresh value for a secret of `kind` (x-bidsflux-secrets.<name>.generate)."""
+    import secrets
+
+    if kind == "password":
+        return secrets.token_urlsafe(24)
+    if kind == "username":
+        return "admin" + secrets.token_hex(4)
+    if kind == "access_key":
+        return "".join(secrets.choice(_ALNUM_UPPER) for _ in range(20))
+    if kind == "secret_key":
+        return secrets.token_urlsafe(30)
+    if kind == "placeholder":
+        # Replaced by a GitLab-issued token later; random so that it can never be guessed either.
+        return "placeholder-" + secrets.token_urlsafe(24)
+    if kind == "runner_config":
+        # A runner with no registration yet; `listen_address` serves /metrics for the healthcheck.
+        return (
+            "# gitlab-runner config.toml written by bidsflux; runners are added on registration\n"
+            f"# instance {secrets.token_hex(8)}\n"
+            "concurrent = 4\n"
+            "check_interval = 0\n"
+            'listen_address = "127.0.0.1:9252"\n'
+        )
+    raise UserError(f"unknown secret kind '{kind}' in x-bidsflux-secrets (use password, username, access_key, "
+                    "secret_key, placeholder or runner_config)")
+
+
+def secret_labels(stack: str, logical: str, version: int) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_STACK: stack, LABEL_SECRET: logical, LABEL_VERSION: str(version)}
+
+
+def read_values_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Entries of the root-only values file (`NAME='value'` lines, shell syntax)."""
+    import shlex
+
+    p = Path(path)
+    if not p.exists():
+        return {}
+    out = {}
+    for token in shlex.split(p.read_text(encoding="utf-8"), comments=True):
+        if "=" in token:
+            k, v = token.split("=", 1)
+            out[k] = v
+    return out
+
+
+def write_values_file(path: str | os.PathLike[str], updates: dict[str, str]) -> None:
+    """Merge `updates` into the values file, atomically and readable by root only (0600).
+
+    Written before the docker secret exists, so a value is never lost when a run is killed."""
+    import shlex
+    import tempfile
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    values = {**read_values_file(p), **updates}
+    text = "# bidsflux secret values (current versions). Root only; never commit or paste.\n" + "".join(
+        f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items()))
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".secrets-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_secret(client, stack: str, logical: str, version: int, value: str) -> str:  # type: ignore[no-untyped-def]
+    """Create <stack>_<logical>_v<version>; an existing one with our labels is kept (re-runs)."""
+    from docker.errors import APIError
+
+    from bidsflux.site.render import versioned_secret_name
+
+    name = versioned_secret_name(stack, logical, version)
+    try:
+        secret = client.secrets.create(name=name, data=value.encode("utf-8"), labels=secret_labels(stack, logical, version))
+    except APIError as exc:
+        if exc.status_code == 409:
+            return client.secrets.get(name).id
+        raise UserError(f"cannot create swarm secret {name}: {exc.explanation or exc}") from None
+    return secret.id
+
+
+@dataclass
+class SecretVersion:
+    name: str
+    id: str
+    logical: str
+    version: int
+    created: str
+    used_by: list[str]
+
+
+def our_secrets(client, stack: str, include_previous: bool = True) -> list[SecretVersion]:  # type: ignore[no-untyped-def]
+    """Every version of every secret of `stack` carrying our labels, with the services using it:
+    their current spec, and (include_previous) the previous spec a rollback would return to."""
+    api = client.api
+    users: dict[str, set[str]] = {}
+    for svc in api.services():
+        for spec_key in ("Spec", "PreviousSpec") if include_previous else ("Spec",):
+            spec = svc.get(spec_key) or {}
+            for ref in ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Secrets") or []:
+                users.setdefault(ref.get("SecretID", ""), set()).add(svc["Spec"]["Name"])
+    out = []
+    for s in api.secrets(filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={stack}"]}):
+        labels = s["Spec"].get("Labels") or {}
+        try:
+            version = int(labels.get(LABEL_VERSION, ""))
+        except ValueError:
+            continue
+        if LABEL_SECRET not in labels:
+            continue
+        out.append(SecretVersion(s["Spec"]["Name"], s["ID"], labels[LABEL_SECRET], version, s.get("CreatedAt", ""),
+                                 sorted(users.get(s["ID"], set()))))
+    return sorted(out, key=lambda v: (v.logical, v.version))
+
+
+def gc_candidates(versions: list[SecretVersion]) -> list[SecretVersion]:
+    """Old versions nothing uses; the newest version of each secret always stays."""
+    newest: dict[str, int] = {}
+    for v in versions:
+        newest[v.logical] = max(newest.get(v.logical, 0), v.version)
+    return [v for v in versions if v.version < newest[v.logical] and not v.used_by]
