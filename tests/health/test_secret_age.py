@@ -43,7 +43,8 @@ def stack_secrets() -> Iterator[str]:
 def expiry(site_copy: Callable[..., Path], stack: str, days_ahead: int, monkeypatch: pytest.MonkeyPatch) -> health.Result:
     site = site_copy(lambda d: (d["site"].__setitem__("name", stack), d["secrets"].__setitem__("rotation_days", 180)))
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=days_ahead)
-    monkeypatch.setattr(health, "_now", lambda: later)
+    for module in ("bidsflux.health.context", "bidsflux.health.expiry"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: later)
     # No GitLab here: point it at a closed port so the token part ends at once.
     ctx = health.load_context(str(site), None, {"gitlab": "http://127.0.0.1:9"}, None, 5.0, env={})
     (result,) = health.run_checks(health.select(["expiry"]), ctx)
