@@ -99,8 +99,8 @@ def validate(site: str | None, root: str | None, fmt: str) -> None:
 @friendly_errors
 def render(site: str | None, root: str | None, output: str | None, secret_versions: str) -> None:
     """Print the resolved stack file that `docker stack deploy` receives."""
-    from bidsflux.swarm.stackfile import load_and_render, render_mercure_compose
     from bidsflux.site.repository import open_repository
+    from bidsflux.swarm.stackfile import load_and_render, render_mercure_compose
 
     repo = open_repository(site, root)
     rendered, site_doc = load_and_render(repo, secret_versions)

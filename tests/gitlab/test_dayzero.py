@@ -18,11 +18,11 @@ from rich.console import Console
 from test_gitlab_apply import S3, commit_all
 from test_gitlab_root_token import standin_image, swarm_client_module  # noqa: F401 - fixtures
 
-from bidsflux.swarm import secretstore
-from bidsflux.swarm.deploy import load_context
 from bidsflux.diagnostics import UserError
 from bidsflux.gitlab.dayzero import run
 from bidsflux.gitlab.runners import config_secrets
+from bidsflux.swarm import secretstore
+from bidsflux.swarm.deploy import load_context
 
 RUNNERS = {"dind", "processing", "processing-untagged"}
 

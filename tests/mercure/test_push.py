@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mercure_testlib import REFERENCE, edit
 
-from bidsflux.mercure import config as mc
 from bidsflux.diagnostics import UserError
+from bidsflux.mercure import config as mc
 from bidsflux.mercure.cli import push
 from bidsflux.site.repository import open_repository
 from bidsflux.site.yamlsource import load

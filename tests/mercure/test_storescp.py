@@ -16,8 +16,8 @@ from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from bidsflux.health.dicom import c_echo
 from bidsflux.site.render import indexer_command
-from bidsflux.swarm.stackfile import load_and_render
 from bidsflux.site.repository import open_repository
+from bidsflux.swarm.stackfile import load_and_render
 from support import dcmtk
 
 pytestmark = pytest.mark.integration

@@ -46,8 +46,8 @@ def session(site_path: str | None, root: str | None, url: str | None, token_env:
     stack = str((site.get("site") or {}).get("name", "bidsflux"))
     url = url or os.environ.get("BIDSFLUX_GITLAB_URL") or _default_url(site)
     if use_root_token:
-        from bidsflux.swarm.plan import secretstore
         from bidsflux.gitlab.root_token import find_gitlab_container, root_token
+        from bidsflux.swarm.plan import secretstore
 
         container = find_gitlab_container(secretstore.docker_client(), stack)
         with root_token(container) as tok:
@@ -148,11 +148,11 @@ def register(main: click.Group) -> None:
         The value goes into a versioned docker secret (<stack>_gitlab_admin_token_vN) for services
         and jobs that need it, never to the terminal; `--revoke` ends it. Commands that only need
         it while they run take --root-token instead."""
-        from bidsflux.swarm.plan import secretstore
-        from bidsflux.gitlab.root_token import find_gitlab_container, mint_root_token, revoke_root_tokens
         from bidsflux.gitlab.objects import _live_version
+        from bidsflux.gitlab.root_token import find_gitlab_container, mint_root_token, revoke_root_tokens
         from bidsflux.site.repository import open_repository
         from bidsflux.site.yamlsource import load
+        from bidsflux.swarm.plan import secretstore
 
         repo = open_repository(site, root)
         stack = str((load(repo.site_file, repo.root).data.get("site") or {}).get("name", "bidsflux"))

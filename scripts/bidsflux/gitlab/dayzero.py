@@ -171,9 +171,9 @@ def run(ctx: Any, console: Console, ready_timeout_s: float | None = None, contai
         poll_interval: float = 2.0) -> None:
     """Bootstrap's GitLab step. `container` is the GitLab task's container (found by its swarm
     service label when not given)."""
-    from bidsflux.swarm.plan import secretstore
-    from bidsflux.gitlab.root_token import find_gitlab_container, gitlab_day_zero, root_token
     from bidsflux.gitlab.objects import connect
+    from bidsflux.gitlab.root_token import find_gitlab_container, gitlab_day_zero, root_token
+    from bidsflux.swarm.plan import secretstore
 
     url = gitlab_url(ctx.site)
     timeout = ready_timeout(ready_timeout_s)

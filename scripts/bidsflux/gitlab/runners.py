@@ -130,8 +130,8 @@ class SecretSink:
         return self._client
 
     def write(self, logical: str, text: str) -> tuple[str, str]:
-        from bidsflux.swarm.plan import secretstore
         from bidsflux.gitlab.objects import _live_version
+        from bidsflux.swarm.plan import secretstore
 
         client = self.client()
         version = _live_version(client, self.stack, logical) + 1

@@ -5,7 +5,19 @@ from __future__ import annotations
 # Importing a check module registers its checks (the @check decorator); order is report order.
 from bidsflux.health import disks, endpoint, expiry, gitlab, runners, s3, swarm  # noqa: F401
 from bidsflux.health.context import load_context
-from bidsflux.health.core import REGISTRY, Check, Context, Report, Result, Secrets, Status, check, overall, run_checks, select
+from bidsflux.health.core import (
+    REGISTRY,
+    Check,
+    Context,
+    Report,
+    Result,
+    Secrets,
+    Status,
+    check,
+    overall,
+    run_checks,
+    select,
+)
 from bidsflux.health.endpoint import MERCURE_REQUIRED_KEYS
 
 # The order people read the report in: the platform first, then what runs on it.

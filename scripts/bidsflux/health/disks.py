@@ -14,7 +14,6 @@ from bidsflux.health.core import (
 )
 
 
-
 def data_paths(site: Mapping[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key, value in site["paths"].items():

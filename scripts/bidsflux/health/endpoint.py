@@ -16,7 +16,6 @@ from bidsflux.health.core import (
     check,
 )
 
-
 MERCURE_REQUIRED_KEYS = (
     "appliance_name", "port", "incoming_folder", "studies_folder", "outgoing_folder", "success_folder",
     "error_folder", "discard_folder", "processing_folder", "jobs_folder", "bookkeeper",

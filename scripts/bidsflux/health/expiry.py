@@ -25,7 +25,6 @@ from bidsflux.health.core import (
 )
 
 
-
 def certificate_expiry(host: str, port: int, timeout: float) -> dt.datetime:
     """notAfter of the certificate `host` presents, verified against the system's trust store
     (SSL_CERT_FILE adds a site CA); raises ssl.SSLError when it cannot be trusted."""

@@ -17,7 +17,6 @@ from bidsflux.health.core import (
 )
 
 
-
 @check("gitlab", timeout=15, summary="readiness (/-/readiness?all=1), container registry /v2/, API with the bot token")
 def check_gitlab(ctx: Context, report: Report, timeout: float) -> None:
     io = ctx.io_timeout(timeout)

@@ -15,7 +15,6 @@ from bidsflux.health.core import (
     check,
 )
 
-
 NON_SWARM_SERVICES = {"mercure"}
 
 

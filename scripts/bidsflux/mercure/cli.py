@@ -14,9 +14,9 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bidsflux.mercure import config as mc
 from bidsflux.cli import format_option, friendly_errors, root_option, site_option
 from bidsflux.diagnostics import UserError
+from bidsflux.mercure import config as mc
 from bidsflux.mercure.files import atomic_write, mercure_lock, read_json
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -27,9 +27,9 @@ BOOKKEEPER_KEY = "MERCURE_BOOKKEEPER_API_KEY"
 
 def _load(site: str | None, root: str | None) -> tuple[Any, dict[str, Any], Any]:
     """Repository, site data and the rules document, after `validate` found nothing wrong."""
-    from bidsflux.swarm.stackfile import load_valid
     from bidsflux.site.repository import open_repository
     from bidsflux.site.yamlsource import load
+    from bidsflux.swarm.stackfile import load_valid
 
     repo = open_repository(site, root)
     site_doc, _ = load_valid(repo)

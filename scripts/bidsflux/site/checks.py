@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bidsflux.site import schemas
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site import schemas
 from bidsflux.site.render import NON_SWARM_SERVICES, ROLE_LABEL_PREFIX, render_stack, secret_catalog
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document, load

@@ -12,10 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bidsflux.swarm.plan import preflight
-from bidsflux.swarm.deploy import SwarmContext, apply_prerequisites, deploy_services, outcome_table, report_failures
 from bidsflux.diagnostics import UserError
-from bidsflux.swarm.plan import format_plan
+from bidsflux.swarm.deploy import SwarmContext, apply_prerequisites, deploy_services, outcome_table, report_failures
+from bidsflux.swarm.plan import format_plan, preflight
 
 
 def join_command(client: Any, advertise_addr: str | None = None) -> str:

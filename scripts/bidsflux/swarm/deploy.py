@@ -16,7 +16,7 @@ from rich.table import Table
 from bidsflux.diagnostics import UserError
 from bidsflux.site.render import RenderedStack, secret_catalog
 from bidsflux.site.repository import Repository
-from bidsflux.swarm.secretstore import create_secret, docker_client, generate_value, write_values_file
+from bidsflux.site.yamlsource import Document
 from bidsflux.swarm.plan import (
     DesiredState,
     ObservedState,
@@ -32,7 +32,7 @@ from bidsflux.swarm.plan import (
     stack_deploy,
     wait_for_services,
 )
-from bidsflux.site.yamlsource import Document
+from bidsflux.swarm.secretstore import create_secret, docker_client, generate_value, write_values_file
 
 HANDOFF_LABEL = "io.bidsflux.handoff"
 HANDOFF_FILE = "/handoff/bidsflux.stack.yml"
@@ -75,8 +75,8 @@ def load_context(site: str | None, root: str | None, versions: str = "live") -> 
     """Site, template, engine and the rendered stack; `versions` says where secret versions come
     from ("live": the swarm must answer; "auto": version 1 when there is no swarm yet)."""
     from bidsflux.site.render import render_stack
-    from bidsflux.swarm.stackfile import load_valid, secret_versions
     from bidsflux.site.repository import open_repository
+    from bidsflux.swarm.stackfile import load_valid, secret_versions
 
     repo = open_repository(site, root)
     site_doc, template = load_valid(repo)

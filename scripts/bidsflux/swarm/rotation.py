@@ -17,9 +17,9 @@ from typing import Any
 
 from rich.console import Console
 
-from bidsflux.swarm.deploy import SwarmContext, wait_with_progress
 from bidsflux.diagnostics import UserError
 from bidsflux.site.render import secret_catalog
+from bidsflux.swarm.deploy import SwarmContext, wait_with_progress
 from bidsflux.swarm.secretstore import SecretVersion, create_secret, generate_value, our_secrets, write_values_file
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bidsflux.site.checks import validate
 from bidsflux.diagnostics import UserError
+from bidsflux.site.checks import validate
 from bidsflux.site.render import RenderedStack, dump_yaml, render_stack
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document, load
