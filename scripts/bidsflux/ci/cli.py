@@ -12,7 +12,7 @@ from bidsflux.diagnostics import UserError
 
 
 def register(main: click.Group) -> None:
-    from bidsflux.cli import friendly_errors
+    from bidsflux.console import friendly_errors
 
     @main.group()
     def ci() -> None:

@@ -61,7 +61,7 @@ def session(site_path: str | None, root: str | None, url: str | None, token_env:
 
 
 def gitlab_options(func: Any) -> Any:
-    from bidsflux.cli import root_option, site_option
+    from bidsflux.console import root_option, site_option
 
     func = click.option("--root-token", "use_root_token", is_flag=True,
                         help="Mint a short-lived admin token with gitlab-rails in the GitLab task; revoked at the end.")(func)
@@ -99,7 +99,7 @@ def _store(gl: Any, s: Session) -> Any:
 
 
 def register(main: click.Group) -> None:
-    from bidsflux.cli import format_option, friendly_errors
+    from bidsflux.console import format_option, friendly_errors
 
     @main.group("gitlab")
     def gitlab_group() -> None:
@@ -262,7 +262,7 @@ def register(main: click.Group) -> None:
 
 def site_option_late() -> Any:
     """--site and --root (imported lazily: bidsflux.cli imports this module while it loads)."""
-    from bidsflux.cli import root_option, site_option
+    from bidsflux.console import root_option, site_option
 
     def deco(func: Any) -> Any:
         return site_option(root_option(func))

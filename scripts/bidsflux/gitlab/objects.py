@@ -667,7 +667,7 @@ def _unknown(user: UserSpec, why: str) -> str:
 def load_config(repo: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(gitlab.yml, site.yml) as plain data, after validate found nothing wrong."""
     from bidsflux.site.yamlsource import load
-    from bidsflux.swarm.stackfile import load_valid
+    from bidsflux.validation import load_valid
 
     site_doc, _ = load_valid(repo)
     return load(repo.gitlab_file, repo.root).data or {}, site_doc.data

@@ -60,7 +60,7 @@ def print_table(results: list[Result], console: Console) -> None:
 
 
 def register(main: click.Group) -> None:
-    from bidsflux.cli import format_option, friendly_errors, root_option, site_option
+    from bidsflux.console import format_option, friendly_errors, root_option, site_option
 
     names = ", ".join(REGISTRY)
 

@@ -156,3 +156,10 @@ def check_rules(doc: Document, site: Mapping[str, Any], secret_catalog: Mapping[
     if ae is not None and ae != site["dicom_endpoint"]["ae_title"]:
         out.append(doc.diagnostic(["settings", "receiver", "ae_title"], f"differs from dicom_endpoint.ae_title in site.yml ({site['dicom_endpoint']['ae_title']!r})"))
     return out
+
+
+def check_rules_file(rules: Document, site: Document, template: Document | None) -> list[Diagnostic]:
+    """`bidsflux validate`'s hook for stack/mercure/rules.yml (see bidsflux.validation)."""
+    from bidsflux.site.render import secret_catalog
+
+    return check_rules(rules, site.data, secret_catalog(template.data) if template is not None else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,13 +176,6 @@ def _secret_checks(template: Document, out: list[Diagnostic]) -> None:
                 out.append(template.diagnostic(["services", svc, "secrets", i], f"secret '{source}' is not defined under secrets:"))
 
 
-def _mercure_checks(site: Document, rules: Document, template: Document | None, out: list[Diagnostic]) -> None:
-    from bidsflux.mercure.rules import check_rules  # the Mercure domain owns its own semantics
-
-    catalog = secret_catalog(template.data) if template is not None else None
-    out.extend(check_rules(rules, site.data, catalog))
-
-
 def _runner_checks(repo: Repository, runners: Document, template: Document | None, ci_docs: list[Document], out: list[Diagnostic]) -> None:
     services = (template.data.get("services") or {}) if template is not None else None
     fleet = runners.data["runners"]
@@ -263,7 +257,13 @@ def _rendered_checks(repo: Repository, site: Document, template: Document, out: 
         out.append(Diagnostic(template.display, line, col, d.key, f"rendered stack: {d.message}"))
 
 
-def validate(repo: Repository) -> list[Diagnostic]:
+# A domain's own semantics of one file under stack/: (that file, site.yml, the stack template or None).
+FileCheck = Callable[[Document, Document, "Document | None"], list[Diagnostic]]
+
+
+def validate(repo: Repository, file_checks: Mapping[str, FileCheck] | None = None) -> list[Diagnostic]:
+    """Every problem of the files under stack/: schemas, modelines, cross checks, then each
+    domain's checks of its own file (`file_checks`, by path), which the site package cannot know."""
     out: list[Diagnostic] = schemas.check_schema_files(repo.schema_dir)
     loaded = _load_all(repo, out)
     _modeline_checks(repo, loaded, out)
@@ -281,6 +281,7 @@ def validate(repo: Repository) -> list[Diagnostic]:
         _runner_checks(repo, loaded.docs["stack/runners.yml"], template, ci_docs, out)
     if site is not None and "stack/gitlab.yml" in loaded.valid:
         _gitlab_checks(site, loaded.docs["stack/gitlab.yml"], template, out)
-    if site is not None and "stack/mercure/rules.yml" in loaded.valid:
-        _mercure_checks(site, loaded.docs["stack/mercure/rules.yml"], template, out)
+    for file, file_check in (file_checks or {}).items():
+        if site is not None and file in loaded.valid:
+            out.extend(file_check(loaded.docs[file], site, template))
     return sorted(set(out), key=lambda d: (d.file, d.line, d.col, d.key, d.message))

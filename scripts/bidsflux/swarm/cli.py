@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bidsflux.cli import format_option, friendly_errors, root_option, site_option
+from bidsflux.console import format_option, friendly_errors, root_option, site_option
 from bidsflux.diagnostics import UserError
 
 TIMEOUT_HELP = "Seconds to wait for services to converge before reporting a failure."

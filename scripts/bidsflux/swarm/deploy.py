@@ -76,7 +76,8 @@ def load_context(site: str | None, root: str | None, versions: str = "live") -> 
     from ("live": the swarm must answer; "auto": version 1 when there is no swarm yet)."""
     from bidsflux.site.render import render_stack
     from bidsflux.site.repository import open_repository
-    from bidsflux.swarm.stackfile import load_valid, secret_versions
+    from bidsflux.swarm.stackfile import secret_versions
+    from bidsflux.validation import load_valid
 
     repo = open_repository(site, root)
     site_doc, template = load_valid(repo)
