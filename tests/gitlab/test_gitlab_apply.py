@@ -9,7 +9,7 @@ from pathlib import Path
 import gitlab
 import pytest
 
-from bidsflux.gitlab.root_token import gitlab_day_zero
+from bidsflux.gitlab.dayzero import gitlab_day_zero
 from bidsflux.site.repository import open_repository
 from support import cli
 

@@ -21,8 +21,9 @@ def test_apply_against_real_gitlab(repo_copy) -> None:  # type: ignore[no-untype
     import requests
     from testcontainers.core.container import DockerContainer
 
+    from bidsflux.gitlab.dayzero import gitlab_day_zero
     from bidsflux.gitlab.objects import connect, desired, diff, load_config, observe
-    from bidsflux.gitlab.root_token import gitlab_day_zero, root_token
+    from bidsflux.gitlab.root_token import root_token
     from bidsflux.site.repository import open_repository
 
     site = repo_copy / "stack" / "site.yml"

@@ -8,8 +8,9 @@ from pathlib import Path
 import gitlab
 import pytest
 
-from bidsflux.gitlab.objects import RotationUnknown, TokenStore, connect, desired, rotate_token
+from bidsflux.gitlab.objects import connect, desired
 from bidsflux.gitlab.runners import SecretSink, config_secrets, register, runner_specs
+from bidsflux.gitlab.tokens import RotationUnknown, TokenStore, rotate_token
 from bidsflux.site.yamlsource import load
 from support import REPO_ROOT, cli
 
@@ -25,7 +26,7 @@ def setup_bot(emu, tmp_path: Path):  # type: ignore[no-untyped-def]
     gl = connect(emu.url, emu.admin_token)
     gl.users.create({"username": spec.username, "name": spec.name, "email": spec.email, "force_random_password": True})
     store = TokenStore(gl, "unused", str(tmp_path / "secrets.env"))
-    from bidsflux.gitlab.objects import create_token
+    from bidsflux.gitlab.tokens import create_token
 
     create_token(gl, spec, store)
     return gl, spec, store

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from bidsflux.diagnostics import UserError
+from bidsflux.gitlab.objects import site_url
 
 DEFAULT_TOKEN_ENV = "BIDSFLUX_GITLAB_TOKEN"
 
@@ -27,12 +28,6 @@ class Session:
     stack: str
 
 
-def _default_url(site: dict[str, Any]) -> str:
-    hosts, ports = site.get("hosts") or {}, site.get("ports") or {}
-    port = int(ports.get("http", 80))
-    return f"http://{hosts.get('gitlab', 'localhost')}" + ("" if port == 80 else f":{port}")
-
-
 @contextmanager
 def session(site_path: str | None, root: str | None, url: str | None, token_env: str,
             use_root_token: bool) -> Iterator[Session]:
@@ -44,10 +39,10 @@ def session(site_path: str | None, root: str | None, url: str | None, token_env:
     repo = open_repository(site_path, root)
     gdoc, site = load_config(repo)
     stack = str((site.get("site") or {}).get("name", "bidsflux"))
-    url = url or os.environ.get("BIDSFLUX_GITLAB_URL") or _default_url(site)
+    url = url or os.environ.get("BIDSFLUX_GITLAB_URL") or site_url(site)
     if use_root_token:
         from bidsflux.gitlab.root_token import find_gitlab_container, root_token
-        from bidsflux.swarm.plan import secretstore
+        from bidsflux.swarm import secretstore
 
         container = find_gitlab_container(secretstore.docker_client(), stack)
         with root_token(container) as tok:
@@ -90,7 +85,7 @@ def _echo_plan(plan: Any, fmt: str) -> None:
 
 
 def _store(gl: Any, s: Session) -> Any:
-    from bidsflux.gitlab.objects import TokenStore
+    from bidsflux.gitlab.tokens import TokenStore
 
     values_file = (s.site.get("secrets") or {}).get("file")
     if values_file and not os.access(os.path.dirname(values_file) or ".", os.W_OK):
@@ -148,11 +143,11 @@ def register(main: click.Group) -> None:
         The value goes into a versioned docker secret (<stack>_gitlab_admin_token_vN) for services
         and jobs that need it, never to the terminal; `--revoke` ends it. Commands that only need
         it while they run take --root-token instead."""
-        from bidsflux.gitlab.objects import _live_version
         from bidsflux.gitlab.root_token import find_gitlab_container, mint_root_token, revoke_root_tokens
+        from bidsflux.gitlab.tokens import live_version
         from bidsflux.site.repository import open_repository
         from bidsflux.site.yamlsource import load
-        from bidsflux.swarm.plan import secretstore
+        from bidsflux.swarm import secretstore
 
         repo = open_repository(site, root)
         stack = str((load(repo.site_file, repo.root).data.get("site") or {}).get("name", "bidsflux"))
@@ -170,7 +165,7 @@ def register(main: click.Group) -> None:
             return
         tok = mint_root_token(container, days)
         try:
-            version = _live_version(client, stack, logical) + 1
+            version = live_version(client, stack, logical) + 1
             secretstore.create_secret(client, stack, logical, version, tok.value)
         except BaseException:
             revoke_root_tokens(container)
@@ -192,7 +187,8 @@ def register(main: click.Group) -> None:
 
         The new value is stored (values file, docker secret, CI variable) before anything else;
         a rotation is never retried on its own."""
-        from bidsflux.gitlab.objects import connect, desired, rotate_token
+        from bidsflux.gitlab.objects import connect, desired
+        from bidsflux.gitlab.tokens import rotate_token
 
         with session(site, root, url, token_env, use_root_token) as s:
             want = desired(s.gitlab_doc, s.site, {})

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,19 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bidsflux.diagnostics import UserError
+from bidsflux.gitlab.objects import (
+    ApplyResult,
+    Plan,
+    apply,
+    connect,
+    desired,
+    diff,
+    gitlab_errors,
+    load_config,
+    observe,
+    scrub,
+)
+from bidsflux.gitlab.tokens import TokenStore
 
 READY_TIMEOUT_ENV = "BIDSFLUX_GITLAB_READY_TIMEOUT"
 DEFAULT_READY_TIMEOUT = 900.0  # GitLab's first start (migrations) takes several minutes
@@ -27,9 +41,9 @@ DEFAULT_READY_TIMEOUT = 900.0  # GitLab's first start (migrations) takes several
 
 def gitlab_url(site: dict[str, Any]) -> str:
     """BIDSFLUX_GITLAB_URL, else http://<hosts.gitlab>:<ports.http> as `bidsflux gitlab` uses it."""
-    from bidsflux.gitlab.cli import _default_url
+    from bidsflux.gitlab.objects import site_url
 
-    return os.environ.get("BIDSFLUX_GITLAB_URL") or _default_url(site)
+    return os.environ.get("BIDSFLUX_GITLAB_URL") or site_url(site)
 
 
 def ready_timeout(value: float | None = None) -> float:
@@ -104,8 +118,8 @@ def services_needing_registration(gl: Any, specs: list[Any], service_secrets: di
 
     A service is registered when each of its runners exists exactly once in GitLab and its config
     secret has a version written by registration (v1 is bootstrap's empty placeholder config)."""
-    from bidsflux.gitlab.objects import _live_version
     from bidsflux.gitlab.runners import fleet_status
+    from bidsflux.gitlab.tokens import live_version
 
     rows = fleet_status(gl, specs)
     unknown = [r["name"] for r in rows if r["state"] == "unknown"]
@@ -115,7 +129,7 @@ def services_needing_registration(gl: Any, specs: list[Any], service_secrets: di
             need.add(r["service"])
     for service in {s.service for s in specs}:
         logical = service_secrets.get(service)
-        if logical and _live_version(client, stack, logical) < 2:
+        if logical and live_version(client, stack, logical) < 2:
             need.add(service)
     return sorted(need), unknown
 
@@ -171,9 +185,10 @@ def run(ctx: Any, console: Console, ready_timeout_s: float | None = None, contai
         poll_interval: float = 2.0) -> None:
     """Bootstrap's GitLab step. `container` is the GitLab task's container (found by its swarm
     service label when not given)."""
+    from bidsflux.gitlab.dayzero import gitlab_day_zero
     from bidsflux.gitlab.objects import connect
-    from bidsflux.gitlab.root_token import find_gitlab_container, gitlab_day_zero, root_token
-    from bidsflux.swarm.plan import secretstore
+    from bidsflux.gitlab.root_token import find_gitlab_container, root_token
+    from bidsflux.swarm import secretstore
 
     url = gitlab_url(ctx.site)
     timeout = ready_timeout(ready_timeout_s)
@@ -230,3 +245,60 @@ def _summary(console: Console, url: str, waited: float, result: Any, fleet: Flee
         console.print(f"  - {line}", highlight=False, markup=False)
     if not result.applied.done and fleet.skipped_reason:
         console.print("GitLab: no changes (every object of gitlab.yml and every runner already in place).")
+
+
+# ---------------------------------------------------------------- objects and the self push
+
+def push_repository(repo_root: Path, gitlab_url: str, project_path: str, token: str, ref: str = "HEAD",
+                    branch: str = "main") -> None:
+    """`git push` this repository to its project. The token travels in an HTTP header set through
+    git's environment configuration (GIT_CONFIG_*), so it is neither in argv nor in .git/config."""
+    import base64
+    import os
+
+    import sh
+
+    url = f"{gitlab_url.rstrip('/')}/{project_path}.git"
+    basic = base64.b64encode(f"oauth2:{token}".encode()).decode()
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_COUNT": "1",
+           "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+    try:
+        sh.git("-C", str(repo_root), "push", url, f"{ref}:refs/heads/{branch}", _env=env, _err_to_out=True)
+    except sh.ErrorReturnCode as exc:
+        out = scrub(exc.stdout.decode(errors="replace"), [token, basic]).strip().splitlines()
+        raise UserError(f"git push to {url} failed: {out[-1] if out else 'no output'}; is the repository committed "
+                        "and does the token may push (maintainer on the project)?") from None
+    except sh.CommandNotFound:
+        raise UserError("git is not installed; install git to push the repository to GitLab") from None
+
+
+@dataclass
+class DayZeroResult:
+    plan: Plan
+    applied: ApplyResult
+    pushed: str | None
+
+
+def gitlab_day_zero(repo: Any, gitlab_url: str, admin_token: str, *, stack: str,
+                    secret_values: Mapping[str, str], values_file: str | None,
+                    docker_client: Any = None, push: bool = True, ref: str = "HEAD") -> DayZeroResult:
+    """Bootstrap's last step: apply gitlab.yml from nothing (bots, tokens stored as docker secret /
+    CI variable, groups, mirrored projects, variables, protections, schedules), then push this
+    repository to the project marked `self: true` so that its pipeline takes over.
+
+    Safe to re-run: a second call finds everything in place and only pushes (a no-op when GitLab
+    has the commit). `admin_token` is typically `root_token(...)`'s value."""
+    gdoc, site = load_config(repo)
+    want = desired(gdoc, site, secret_values)
+    gl = connect(gitlab_url, admin_token)
+    secrets_known = [admin_token, *want.secret_values()]
+    with gitlab_errors("reading GitLab objects", gitlab_url, secrets_known):
+        plan = diff(want, observe(gl, want))
+    store = TokenStore(gl, stack, values_file, (lambda: docker_client) if docker_client is not None else None)
+    applied = apply(gl, want, plan, store, gitlab_url)
+    pushed = None
+    target = want.self_project
+    if push and target is not None:
+        push_repository(Path(repo.root), gitlab_url, target.path, admin_token, ref)
+        pushed = target.path
+    return DayZeroResult(plan, applied, pushed)

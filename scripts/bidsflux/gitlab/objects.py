@@ -15,9 +15,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidsflux.diagnostics import UserError
+
+if TYPE_CHECKING:  # tokens.py builds on this module
+    from bidsflux.gitlab.tokens import TokenStore
 
 ACCESS = {"no_one": 0, "developer": 30, "maintainer": 40}
 ACCESS_NAMES = {v: k for k, v in ACCESS.items()}
@@ -220,6 +223,13 @@ def gitlab_errors(what: str, url: str, secrets: list[str] | None = None) -> Iter
                         "is up (bidsflux health)") from None
 
 
+def site_url(site: Mapping[str, Any]) -> str:
+    """http://<hosts.gitlab>[:<ports.http>], GitLab's external URL as the stack renders it."""
+    hosts, ports = site.get("hosts") or {}, site.get("ports") or {}
+    port = int(ports.get("http", 80))
+    return f"http://{hosts.get('gitlab', 'localhost')}" + ("" if port == 80 else f":{port}")
+
+
 def connect(url: str, token: str, timeout: float = 30) -> Any:
     """A python-gitlab client that never retries on its own (a retried rotation is dangerous)."""
     import gitlab
@@ -409,57 +419,7 @@ def _pb_details(live: Mapping[str, int] | None, want: Mapping[str, int]) -> dict
             for k in ("push", "merge") if not live or live[k] != want[k]}
 
 
-# ---------------------------------------------------------------------------------- token storage
-
-
-class TokenStore:
-    """Where a bot token's new value goes, in this order, before it is used for anything.
-
-    1. the root-only values file (site.yml secrets.file) when one is configured and writable;
-    2. a new version of the token's docker secret (token.secret) when it names one;
-    3. the masked, protected instance CI variable (token.variable) when it names one.
-    A failure in any step raises; the caller decides what to undo."""
-
-    def __init__(self, gl: Any, stack: str, values_file: str | None,
-                 docker_client: Callable[[], Any] | None = None) -> None:
-        self.gl, self.stack, self.values_file = gl, stack, values_file
-        self._docker = docker_client
-        self.stored: list[str] = []
-
-    def key(self, user: UserSpec) -> str:
-        assert user.token is not None
-        return user.token.secret or f"gitlab_token_{user.key}"
-
-    def store(self, user: UserSpec, value: str, token_id: int) -> list[str]:
-        from bidsflux.swarm.plan import secretstore
-
-        assert user.token is not None
-        done: list[str] = []
-        if self.values_file:
-            secretstore.write_values_file(self.values_file, {self.key(user): value, f"{self.key(user)}_id": str(token_id)})
-            done.append(f"values file {self.values_file}")
-        if user.token.secret:
-            client = (self._docker or secretstore.docker_client)()
-            version = _live_version(client, self.stack, user.token.secret) + 1
-            name = secretstore.create_secret(client, self.stack, user.token.secret, version, value)
-            done.append(f"docker secret {self.stack}_{user.token.secret}_v{version} ({name[:12]})")
-        if user.token.variable:
-            _put_variable(self.gl, user.token.variable, value, masked=True, protected=True, raw=True)
-            done.append(f"CI variable {user.token.variable}")
-        self.stored = done
-        return done
-
-
-def _live_version(client: Any, stack: str, logical: str) -> int:
-    from bidsflux.swarm.plan import secretstore
-
-    versions = [int((s.attrs["Spec"].get("Labels") or {}).get(secretstore.LABEL_VERSION, 0))
-                for s in client.secrets.list(filters={"label": [f"{secretstore.LABEL_STACK}={stack}",
-                                                                f"{secretstore.LABEL_SECRET}={logical}"]})]
-    return max(versions, default=0)
-
-
-def _put_variable(gl: Any, key: str, value: str, masked: bool, protected: bool, raw: bool) -> None:
+def put_variable(gl: Any, key: str, value: str, masked: bool, protected: bool, raw: bool) -> None:
     attrs = {"value": value, "masked": masked, "protected": protected, "raw": raw, "variable_type": "env_var"}
     if _get_or_none(lambda: gl.variables.get(key)) is None:
         gl.variables.create({"key": key, **attrs})
@@ -576,89 +536,13 @@ def _apply_one(gl: Any, c: Change, users: dict[str, UserSpec], projects: dict[st
         if store is None:
             raise UserError(f"token {c.name}: no place to store its value (TokenStore missing); nothing was created")
         if c.action == "create":
+            from bidsflux.gitlab.tokens import create_token
+
             result.stored[c.name] = create_token(gl, u, store)
         else:
+            from bidsflux.gitlab.tokens import rotate_token
+
             result.stored[c.name] = rotate_token(gl, u, store)
-
-
-def _expiry(days: int) -> str:
-    return (dt.date.today() + dt.timedelta(days=days)).isoformat()
-
-
-def create_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
-    """Create the bot's token and store it. If storing fails the new token is revoked again, so a
-    re-run starts from the same state (no token whose value nobody holds)."""
-    assert user.token is not None
-    live = gl.users.list(username=user.username, get_all=False)[0]
-    old = [t for t in gl.personal_access_tokens.list(user_id=live.id, state="active", get_all=True)
-           if t.name == user.token.name]
-    created = gl.users.get(live.id, lazy=True).personal_access_tokens.create(
-        {"name": user.token.name, "scopes": user.token.scopes, "expires_at": _expiry(user.token.expires_in_days)})
-    value, token_id = created.token, created.id
-    try:
-        where = store.store(user, value, token_id)
-    except BaseException as exc:
-        try:
-            gl.personal_access_tokens.delete(token_id)
-        except Exception:  # noqa: BLE001 - report the storing failure, which matters more
-            pass
-        raise UserError(f"token {user.username}/{user.token.name} was created but could not be stored "
-                        f"({scrub(str(exc), [value])[:200]}); it was revoked again, fix the store and re-run") from None
-    # Tokens it replaces (another scope set, or a value nobody holds) stop working only now.
-    for t in old:
-        gl.personal_access_tokens.delete(t.id)
-    return where
-
-
-class RotationUnknown(UserError):
-    """A rotation request whose outcome is unknown: it must not be retried blindly."""
-
-
-def rotate_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
-    """Rotate the bot's current token with GitLab's rotate API and store the new value first.
-
-    The rotation is sent once: python-gitlab's retries are off, and an ambiguous failure (no
-    answer, 5xx) raises RotationUnknown instead of trying again, because GitLab revokes the
-    whole token family when a rotated token is presented again."""
-    import gitlab
-    import requests
-
-    assert user.token is not None
-    live = gl.users.list(username=user.username, get_all=False)
-    if not live:
-        raise UserError(f"user {user.username} does not exist in GitLab; run `bidsflux gitlab apply` first")
-    tokens = [t for t in gl.personal_access_tokens.list(user_id=live[0].id, state="active", get_all=True)
-              if t.name == user.token.name]
-    if not tokens:
-        return create_token(gl, user, store)
-    current = max(tokens, key=lambda t: t.expires_at or "9999")
-    try:
-        new = gl.personal_access_tokens.rotate(current.id, expires_at=_expiry(user.token.expires_in_days),
-                                               retry_transient_errors=False, obey_rate_limit=False, max_retries=0)
-    except gitlab.GitlabError as exc:
-        if exc.response_code is not None and exc.response_code < 500:
-            raise UserError(f"GitLab refused to rotate token {user.username}/{user.token.name} "
-                            f"({exc.response_code}: {scrub(str(exc.error_message), [])[:200]}); nothing changed") from None
-        raise RotationUnknown(_unknown(user, f"GitLab answered {exc.response_code}")) from None
-    except requests.exceptions.RequestException as exc:
-        raise RotationUnknown(_unknown(user, type(exc).__name__)) from None
-    value, token_id = new["token"], new["id"]
-    try:
-        return store.store(user, value, token_id)
-    except BaseException as exc:
-        raise UserError(
-            f"token {user.username}/{user.token.name} was rotated (new id {token_id}) but storing it failed after "
-            f"{', '.join(store.stored) or 'no store'}: {scrub(str(exc), [value])[:200]}. The old token is revoked; "
-            f"fix the store and run `bidsflux gitlab tokens rotate {user.key}` (it rotates the new token, "
-            "not the old one)") from None
-
-
-def _unknown(user: UserSpec, why: str) -> str:
-    assert user.token is not None
-    return (f"rotation of token {user.username}/{user.token.name} has an unknown outcome ({why}); it was NOT "
-            "retried, because GitLab revokes the whole token family when a rotated token is replayed. Check with "
-            f"`bidsflux gitlab plan`, then run `bidsflux gitlab tokens rotate {user.key}` once: it rotates whichever "
-            "token is current now")
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -675,7 +559,7 @@ def load_config(repo: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def secret_values_from(site: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
     """Secret values known here: the values file (when readable), then BIDSFLUX_SECRET_<NAME> overrides."""
-    from bidsflux.swarm.plan import secretstore
+    from bidsflux.swarm import secretstore
 
     values: dict[str, str] = {}
     path = (site.get("secrets") or {}).get("file")

@@ -1,5 +1,4 @@
-"""Day zero in GitLab: a first admin token without a browser, then everything of gitlab.yml, then
-this repository pushed to its own project so its pipeline takes over.
+"""A first admin token without a browser: minted and revoked with `gitlab-rails runner` in the GitLab task.
 
 The admin token is minted by `gitlab-rails runner` inside the running GitLab task (docker exec
 through docker-py). Its value is chosen here and handed over in the exec's environment, never on
@@ -13,21 +12,10 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bidsflux.diagnostics import UserError
 from bidsflux.gitlab.objects import (
-    ApplyResult,
-    Plan,
-    TokenStore,
-    apply,
-    connect,
-    desired,
-    diff,
-    gitlab_errors,
-    load_config,
-    observe,
     scrub,
 )
 
@@ -118,58 +106,3 @@ def root_token(container: Any, days: int = 1) -> Iterator[RootToken]:
 
 
 # ---------------------------------------------------------------------------------- self-hosting push
-
-
-def push_repository(repo_root: Path, gitlab_url: str, project_path: str, token: str, ref: str = "HEAD",
-                    branch: str = "main") -> None:
-    """`git push` this repository to its project. The token travels in an HTTP header set through
-    git's environment configuration (GIT_CONFIG_*), so it is neither in argv nor in .git/config."""
-    import base64
-    import os
-
-    import sh
-
-    url = f"{gitlab_url.rstrip('/')}/{project_path}.git"
-    basic = base64.b64encode(f"oauth2:{token}".encode()).decode()
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_COUNT": "1",
-           "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
-    try:
-        sh.git("-C", str(repo_root), "push", url, f"{ref}:refs/heads/{branch}", _env=env, _err_to_out=True)
-    except sh.ErrorReturnCode as exc:
-        out = scrub(exc.stdout.decode(errors="replace"), [token, basic]).strip().splitlines()
-        raise UserError(f"git push to {url} failed: {out[-1] if out else 'no output'}; is the repository committed "
-                        "and does the token may push (maintainer on the project)?") from None
-    except sh.CommandNotFound:
-        raise UserError("git is not installed; install git to push the repository to GitLab") from None
-
-
-@dataclass
-class DayZeroResult:
-    plan: Plan
-    applied: ApplyResult
-    pushed: str | None
-
-
-def gitlab_day_zero(repo: Any, gitlab_url: str, admin_token: str, *, stack: str,
-                    secret_values: Mapping[str, str], values_file: str | None,
-                    docker_client: Any = None, push: bool = True, ref: str = "HEAD") -> DayZeroResult:
-    """Bootstrap's last step: apply gitlab.yml from nothing (bots, tokens stored as docker secret /
-    CI variable, groups, mirrored projects, variables, protections, schedules), then push this
-    repository to the project marked `self: true` so that its pipeline takes over.
-
-    Safe to re-run: a second call finds everything in place and only pushes (a no-op when GitLab
-    has the commit). `admin_token` is typically `root_token(...)`'s value."""
-    gdoc, site = load_config(repo)
-    want = desired(gdoc, site, secret_values)
-    gl = connect(gitlab_url, admin_token)
-    secrets_known = [admin_token, *want.secret_values()]
-    with gitlab_errors("reading GitLab objects", gitlab_url, secrets_known):
-        plan = diff(want, observe(gl, want))
-    store = TokenStore(gl, stack, values_file, (lambda: docker_client) if docker_client is not None else None)
-    applied = apply(gl, want, plan, store, gitlab_url)
-    pushed = None
-    target = want.self_project
-    if push and target is not None:
-        push_repository(Path(repo.root), gitlab_url, target.path, admin_token, ref)
-        pushed = target.path
-    return DayZeroResult(plan, applied, pushed)

@@ -123,18 +123,18 @@ class SecretSink:
         self._client: Any = None
 
     def client(self) -> Any:
-        from bidsflux.swarm.plan import secretstore
+        from bidsflux.swarm import secretstore
 
         if self._client is None:
             self._client = (self._factory or secretstore.docker_client)()
         return self._client
 
     def write(self, logical: str, text: str) -> tuple[str, str]:
-        from bidsflux.gitlab.objects import _live_version
-        from bidsflux.swarm.plan import secretstore
+        from bidsflux.gitlab.tokens import live_version
+        from bidsflux.swarm import secretstore
 
         client = self.client()
-        version = _live_version(client, self.stack, logical) + 1
+        version = live_version(client, self.stack, logical) + 1
         secret_id = secretstore.create_secret(client, self.stack, logical, version, text)
         return f"{self.stack}_{logical}_v{version}", secret_id
 

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bidsflux.diagnostics import UserError
+from bidsflux.swarm import preflight
 from bidsflux.swarm.deploy import SwarmContext, apply_prerequisites, deploy_services, outcome_table, report_failures
-from bidsflux.swarm.plan import format_plan, preflight
+from bidsflux.swarm.plan import format_plan
 
 
 def join_command(client: Any, advertise_addr: str | None = None) -> str:

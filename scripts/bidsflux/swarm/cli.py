@@ -183,8 +183,8 @@ def register(main: click.Group) -> None:
 
 
 def _age_days(created: str, now: datetime) -> int | None:
-    from bidsflux.swarm.plan import _timestamp
+    from bidsflux.swarm.engine import parse_timestamp
 
-    ts = _timestamp(created)
+    ts = parse_timestamp(created)
     return None if not ts else int((now.timestamp() - ts) // 86400)
 

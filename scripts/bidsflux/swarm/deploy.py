@@ -17,21 +17,15 @@ from bidsflux.diagnostics import UserError
 from bidsflux.site.render import RenderedStack, secret_catalog
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document
-from bidsflux.swarm.plan import (
-    DesiredState,
-    ObservedState,
-    Plan,
+from bidsflux.swarm.engine import (
     ServiceOutcome,
     add_node_label,
-    desired,
-    diff,
     ensure_network,
-    format_plan,
     local_node_id,
-    observe,
     stack_deploy,
     wait_for_services,
 )
+from bidsflux.swarm.plan import DesiredState, ObservedState, Plan, desired, diff, format_plan, observe
 from bidsflux.swarm.secretstore import create_secret, docker_client, generate_value, write_values_file
 
 HANDOFF_LABEL = "io.bidsflux.handoff"
