@@ -372,7 +372,7 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any], name: str = "mer
 def _validator():  # type: ignore[no-untyped-def]
     from jsonschema import Draft202012Validator
 
-    path = Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE
+    path = Path(__file__).resolve().parents[3] / "schemas" / SCHEMA_FILE
     return Draft202012Validator(json.loads(path.read_text(encoding="utf-8")))
 
 
