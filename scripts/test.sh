@@ -55,6 +55,12 @@ for i in $(seq 1 30); do
   sleep 1
 done
 
+# --- local base image -----------------------------------------------------------------
+# Real images (the ops image, Mercure, test images) build FROM a Debian base made here, since
+# Docker Hub cannot be reached; cached, so a second run builds nothing.
+log "local Debian base image"
+as_root ./tests/images/debian-base.sh
+
 # --- Python environment ----------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
