@@ -3,7 +3,7 @@
 FROM python:3.11-slim-bookworm
 # docker.io is Debian's only package with the docker CLI in bookworm; the daemon in it never runs here.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends docker.io docker-compose git ca-certificates \
+ && apt-get install -y --no-install-recommends docker.io docker-compose git ca-certificates age rclone \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/bidsflux
 COPY pyproject.toml README.md ./

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bidsflux import __version__
+from bidsflux.backup import cli as backup_cli
 from bidsflux.ci import cli as ci_cli
 from bidsflux.gitlab import cli as gitlab_cli
 from bidsflux.health import cli as health_cli
@@ -20,7 +21,7 @@ def main() -> None:
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.
-for _module in (site_cli, swarm_cli, gitlab_cli, mercure_cli, health_cli, ci_cli):
+for _module in (site_cli, swarm_cli, gitlab_cli, mercure_cli, health_cli, backup_cli, ci_cli):
     _module.register(main)
 
 

@@ -59,7 +59,7 @@ def test_mercure_push_only_when_rules_changed(repo: PipelineRepo) -> None:
     assert "mercure-push" in jobs and "runners-register" not in jobs
 
 
-@pytest.mark.parametrize("task,expected", [("health", ["health"]), ("drift", ["drift"]), ("", [])])
+@pytest.mark.parametrize("task,expected", [("health", ["health"]), ("drift", ["drift"]), ("backup", ["backup"]), ("", [])])
 def test_schedule_runs_only_its_task(repo: PipelineRepo, task: str, expected: list[str]) -> None:
     assert repo.jobs(SCHEDULE, f"BIDSFLUX_TASK={task}") == expected
 

@@ -40,7 +40,7 @@ def register(main: click.Group) -> None:
         click.echo(f"plan note {outcome} on merge request !{iid}")
 
     @ci.command("issues")
-    @click.option("--kind", type=click.Choice(["health", "drift"]), required=True)
+    @click.option("--kind", type=click.Choice(["health", "drift", "backup"]), required=True)
     @click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @friendly_errors
     def issues(kind: str, report: Path) -> None:
@@ -51,7 +51,7 @@ def register(main: click.Group) -> None:
             data = json.loads(report.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise UserError(f"{report}: not JSON ({exc})") from None
-        problems, checked = problems_from_health(data) if kind == "health" else problems_from_drift(data)
+        problems, checked = problems_from_health(data, "Backup" if kind == "backup" else "Health check") if kind in ("health", "backup") else problems_from_drift(data)
         env = dict(os.environ)
         project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
         if not project_id:

@@ -14,7 +14,7 @@ from typing import Any
 from bidsflux.diagnostics import UserError
 
 PLAN_MARKER = "<!-- bidsflux:plan -->"
-ISSUE_LABEL = {"health": "bidsflux-health", "drift": "bidsflux-drift"}
+ISSUE_LABEL = {"health": "bidsflux-health", "drift": "bidsflux-drift", "backup": "bidsflux-backup"}
 
 
 def connect(env: Mapping[str, str]) -> Any:
@@ -114,7 +114,7 @@ class Problem:
     body: str
 
 
-def problems_from_health(report: Mapping[str, Any]) -> tuple[list[Problem], list[str]]:
+def problems_from_health(report: Mapping[str, Any], what: str = "Health check") -> tuple[list[Problem], list[str]]:
     """Failing checks of a `bidsflux health --format json` report, and the names of all checks run."""
     problems, names = [], []
     for check in report.get("checks", []):
@@ -122,7 +122,7 @@ def problems_from_health(report: Mapping[str, Any]) -> tuple[list[Problem], list
         if check.get("status") == "fail":
             details = "\n".join(f"- {d}" for d in check.get("details") or [])
             body = f"**{check['name']}** fails: {check.get('reason', '')}\n\nFix: {check.get('fix') or 'see details'}\n\n{details}".rstrip()
-            problems.append(Problem(check["name"], f"Health check failing: {check['name']}", body))
+            problems.append(Problem(check["name"], f"{what} failing: {check['name']}", body))
     return problems, names
 
 

@@ -17,12 +17,12 @@ from bidsflux.health.checks import REGISTRY, Result, Status, load_context, overa
 STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
 
 
-def write_junit(results: list[Result], path: Path) -> None:
+def write_junit(results: list[Result], path: Path, suite: str = "bidsflux health") -> None:
     """One test case per check; a failed check is a <failure>, a warning is reported in system-out
     (JUnit has no warning state, and a warning must not fail the pipeline)."""
     from junitparser import Failure, JUnitXml, TestCase, TestSuite
 
-    suite = TestSuite("bidsflux health")
+    name, suite = suite, TestSuite(suite)
     for r in results:
         case = TestCase(r.name, classname="bidsflux.health.checks", time=round(r.elapsed, 3))
         text = "\n".join([r.reason, *(["fix: " + r.fix] if r.fix else []), *r.details])
@@ -32,7 +32,7 @@ def write_junit(results: list[Result], path: Path) -> None:
             case.result = [failure]
         case.system_out = f"{r.status.value}: {text}"
         suite.add_testcase(case)
-    xml = JUnitXml("bidsflux health")
+    xml = JUnitXml(name)
     xml.add_testsuite(suite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
