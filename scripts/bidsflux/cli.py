@@ -2,27 +2,85 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
 import click
 
 from bidsflux import __version__
 from bidsflux.backup import cli as backup_cli
 from bidsflux.ci import cli as ci_cli
+from bidsflux.console import EXIT_USAGE, group_options, verbosity
 from bidsflux.gitlab import cli as gitlab_cli
 from bidsflux.health import cli as health_cli
+from bidsflux.helptext import decorate
 from bidsflux.mercure import cli as mercure_cli
 from bidsflux.site import cli as site_cli
 from bidsflux.swarm import cli as swarm_cli
+from bidsflux.swarm import doctor as doctor_cli
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bidsflux")
+class BidsfluxGroup(click.Group):
+    """Click's usage errors exit 2, which our plans use for "changes pending": map them to 64."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_USAGE
+            raise
+
+
+def commit() -> str:
+    """The commit this code came from: BIDSFLUX_COMMIT (set when the ops image is built), else git."""
+    if os.environ.get("BIDSFLUX_COMMIT"):
+        return os.environ["BIDSFLUX_COMMIT"][:12]
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"bidsflux {__version__} (commit {commit()})")
+    ctx.exit()
+
+
+@click.group(cls=BidsfluxGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nExit codes: 0 success or no change, 1 error, 2 changes pending (plan commands),\n"
+                    "64 usage error, 130 interrupted.\n\n\b\nShell completion (bash; zsh and fish alike):\n"
+                    '  eval "$(_BIDSFLUX_COMPLETE=bash_source bidsflux)"')
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the commit, then exit.")
+@group_options
 def main() -> None:
-    """Run a BIDS-flux data stack (GitLab, runners, MinIO, DICOM endpoint) as code."""
+    """Run a BIDS-flux data stack (GitLab, runners, MinIO, DICOM endpoint) as code.
+
+    Options before the subcommand (--site, --root, -q, -v, --connect-timeout) apply to it."""
+    level = {1: logging.INFO}.get(verbosity(), logging.DEBUG if verbosity() > 1 else None)
+    if level is not None:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.
-for _module in (site_cli, swarm_cli, gitlab_cli, mercure_cli, health_cli, backup_cli, ci_cli):
+for _module in (site_cli, swarm_cli, doctor_cli, gitlab_cli, mercure_cli, health_cli, backup_cli, ci_cli):
     _module.register(main)
+decorate(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

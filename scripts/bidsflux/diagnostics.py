@@ -45,5 +45,18 @@ def key_path(path: Iterable[object]) -> str:
     return out
 
 
+def clip(text: str, limit: int = 300) -> str:
+    """`text` shortened to at most `limit` characters at a word boundary, marked with an ellipsis:
+    an engine's long message is shortened, never cut mid-word."""
+    text = " ".join(text.split()) if len(text) > limit else text
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
+
+
 def to_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps([asdict(d) for d in diagnostics], indent=2)

@@ -93,8 +93,27 @@ def _store(gl: Any, s: Session) -> Any:
     return TokenStore(gl, s.stack, values_file)
 
 
+def _register_preview(gl: Any, specs: list[Any], only: tuple[str, ...]) -> list[str]:
+    """What `runners register` is about to do, for the question asked on a terminal."""
+    from bidsflux.gitlab.objects import gitlab_errors
+    from bidsflux.gitlab.runners import list_live
+
+    chosen = [s for s in specs if not only or s.name in only or s.service in only]
+    services = {s.service for s in chosen}
+    replaced = {s.name for s in specs if s.service in services}
+    wanted = {s.name for s in specs}
+    with gitlab_errors("listing runners", str(getattr(gl, "url", ""))):
+        live = list_live(gl)
+    lines = [f"  register {s.name} (service {s.service}, tags {', '.join(s.tags) or 'none'})"
+             for s in specs if s.service in services]
+    lines += [f"  restart service {svc} with its new config.toml" for svc in sorted(services)]
+    lines += [f"  delete runner #{r.id} {r.description!r} ({'replaced' if r.description in replaced else 'not in runners.yml'})"
+              for r in live if r.description in replaced or r.description not in wanted]
+    return lines
+
+
 def register(main: click.Group) -> None:
-    from bidsflux.console import format_option, friendly_errors
+    from bidsflux.console import confirm_plan, format_option, friendly_errors, yes_option
 
     @main.group("gitlab")
     def gitlab_group() -> None:
@@ -114,15 +133,20 @@ def register(main: click.Group) -> None:
 
     @gitlab_group.command("apply")
     @gitlab_options
+    @yes_option
     @format_option
     @friendly_errors
     def apply_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
-                  fmt: str) -> None:
-        """Make GitLab match gitlab.yml; new token values are stored before anything uses them."""
+                  yes: bool, fmt: str) -> None:
+        """Make GitLab match gitlab.yml; new token values are stored before anything uses them.
+
+        On a terminal the plan is shown and you are asked first (--yes or CI skips)."""
         from bidsflux.gitlab.objects import apply
 
         with session(site, root, url, token_env, use_root_token) as s:
             gl, want, plan = _plan(s)
+            if not plan.empty:
+                confirm_plan(plan.lines(), f"GitLab at {s.url} will be changed as above", yes)
             result = apply(gl, want, plan, _store(gl, s), s.url)
         if fmt == "json":
             click.echo(json.dumps({"applied": result.done, "stored": result.stored}, indent=2))
@@ -180,9 +204,11 @@ def register(main: click.Group) -> None:
     @tokens_group.command("rotate")
     @click.argument("users", nargs=-1)
     @gitlab_options
+    @yes_option
+    @format_option
     @friendly_errors
     def rotate_cmd(users: tuple[str, ...], site: str | None, root: str | None, url: str | None, token_env: str,
-                   use_root_token: bool) -> None:
+                   use_root_token: bool, yes: bool, fmt: str) -> None:
         """Rotate the tokens of USERS (gitlab.yml keys; all bots with a token when none given).
 
         The new value is stored (values file, docker secret, CI variable) before anything else;
@@ -198,11 +224,18 @@ def register(main: click.Group) -> None:
                 raise UserError(f"no bot with a token named {', '.join(sorted(unknown))} in stack/gitlab.yml "
                                 f"(bots: {', '.join(u.key for u in bots)})")
             chosen = [u for u in bots if not users or u.key in users or u.username in users]
+            confirm_plan([f"  rotate {u.username}/{u.token.name if u.token else ''}" for u in chosen],
+                         f"{len(chosen)} token(s) are replaced; the old values stop working at once", yes)
             gl = connect(s.url, s.token)
             store = _store(gl, s)
+            done = []
             for u in chosen:
                 where = rotate_token(gl, u, store)
-                click.echo(f"rotated {u.username}/{u.token.name if u.token else ''}; stored in: {', '.join(where)}")
+                done.append({"user": u.username, "token": u.token.name if u.token else "", "stored_in": list(where)})
+                if fmt != "json":
+                    click.echo(f"rotated {u.username}/{u.token.name if u.token else ''}; stored in: {', '.join(where)}")
+        if fmt == "json":
+            click.echo(json.dumps({"rotated": done}, indent=2))
 
     @main.group("runners")
     def runners_group() -> None:
@@ -213,11 +246,17 @@ def register(main: click.Group) -> None:
     @click.option("--only", multiple=True, help="Runner or service name (repeatable); default: the whole fleet.")
     @click.option("--runner-url", default=None,
                   help="GitLab URL the runners use (default: http://<hosts.gitlab>, GitLab's name on the stack network).")
+    @yes_option
+    @format_option
     @friendly_errors
     def register_cmd(site: str | None, root: str | None, url: str | None, token_env: str, use_root_token: bool,
-                     only: tuple[str, ...], runner_url: str | None) -> None:
+                     only: tuple[str, ...], runner_url: str | None, yes: bool, fmt: str) -> None:
         """Create each runner (POST /user/runners), store its config.toml as a new secret version,
-        roll its service, then delete the runners it replaces and those runners.yml does not name."""
+        roll its service, then delete the runners it replaces and those runners.yml does not name.
+
+        On a terminal the runners to create and delete are shown and you are asked first."""
+        from dataclasses import asdict
+
         from bidsflux.gitlab.objects import connect
         from bidsflux.gitlab.runners import SecretSink, config_secrets, register, runner_specs
         from bidsflux.site.yamlsource import load
@@ -227,8 +266,12 @@ def register(main: click.Group) -> None:
             template = load(s.repo.stack_template, s.repo.root).data or {}
             gl = connect(s.url, s.token)
             target = runner_url or f"http://{(s.site.get('hosts') or {}).get('gitlab', 'gitlab')}"
+            confirm_plan(lambda: _register_preview(gl, specs, only), "the runner fleet will be replaced as above", yes)
             result = register(gl, specs, config_secrets(template), target, SecretSink(s.stack),
                               set(only) if only else None)
+        if fmt == "json":
+            click.echo(json.dumps(asdict(result), indent=2))
+            return
         for line in result.lines():
             click.echo(line)
 

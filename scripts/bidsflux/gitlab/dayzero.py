@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 from bidsflux.gitlab.objects import (
     ApplyResult,
     Plan,
@@ -176,7 +176,7 @@ def _resumable(ctx: Any, step: str | list[str], hidden: list[str] | None = None)
         raise UserError(f"GitLab day zero failed while {what}: {text}\n{resume_hint(ctx)}") from None
     except Exception as exc:  # noqa: BLE001 - an engine error must still end in the resume message
         what = step[0] if isinstance(step, list) else step
-        first = scrub((str(exc).splitlines() or [type(exc).__name__])[0][:200], hidden or [])
+        first = clip(scrub((str(exc).splitlines() or [type(exc).__name__])[0], hidden or []), 200)
         raise UserError(f"GitLab day zero failed while {what}: {type(exc).__name__}: {first}\n"
                         f"{resume_hint(ctx)}") from None
 

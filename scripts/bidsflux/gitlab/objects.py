@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 
 if TYPE_CHECKING:  # tokens.py builds on this module
     from bidsflux.gitlab.tokens import TokenStore
@@ -207,7 +207,7 @@ def gitlab_errors(what: str, url: str, secrets: list[str] | None = None) -> Iter
                         "pass a valid admin token (--token-env) or mint one with `bidsflux gitlab root-token`") from None
     except gitlab.GitlabError as exc:
         code = exc.response_code
-        body = scrub(str(exc.error_message), secrets or [])[:300]
+        body = clip(scrub(str(exc.error_message), secrets or []), 300)
         if code == 403:
             fix = "the token lacks a scope or admin rights: use an administrator's token with the api scope"
         elif code and code >= 500:
@@ -218,9 +218,14 @@ def gitlab_errors(what: str, url: str, secrets: list[str] | None = None) -> Iter
             fix = "fix the value in stack/gitlab.yml and re-run"
         raise UserError(f"GitLab answered {code} while {what}: {body}; {fix}") from None
     except requests.exceptions.RequestException as exc:
-        first = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets or [])[:200]
-        raise UserError(f"cannot reach GitLab at {url} while {what} ({first}); check the URL (--url) and that GitLab "
-                        "is up (bidsflux health)") from None
+        first = clip(scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, secrets or []), 200)
+        waited = ""
+        if isinstance(exc, requests.exceptions.Timeout):
+            from bidsflux.console import connect_timeout
+
+            waited = f"no answer within {connect_timeout():g}s; "
+        raise UserError(f"cannot reach GitLab at {url} while {what} ({waited}{first}); check the URL (--url), that "
+                        "GitLab is up (bidsflux health), or wait longer with --connect-timeout") from None
 
 
 def site_url(site: Mapping[str, Any]) -> str:
@@ -230,9 +235,14 @@ def site_url(site: Mapping[str, Any]) -> str:
     return f"http://{hosts.get('gitlab', 'localhost')}" + ("" if port == 80 else f":{port}")
 
 
-def connect(url: str, token: str, timeout: float = 30) -> Any:
-    """A python-gitlab client that never retries on its own (a retried rotation is dangerous)."""
+def connect(url: str, token: str, timeout: float | None = None) -> Any:
+    """A python-gitlab client that never retries on its own (a retried rotation is dangerous);
+    each request waits `timeout` seconds (default: --connect-timeout)."""
     import gitlab
+
+    from bidsflux.console import connect_timeout
+
+    timeout = connect_timeout() if timeout is None else timeout
 
     gl = gitlab.Gitlab(url, private_token=token, timeout=timeout, retry_transient_errors=False, keep_base_url=True)
     with gitlab_errors("checking the token", url, [token]):

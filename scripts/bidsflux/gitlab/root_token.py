@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 from bidsflux.gitlab.objects import (
     scrub,
 )
@@ -46,7 +46,7 @@ def find_gitlab_container(client: Any, stack: str, service: str = "gitlab") -> A
     try:
         found = client.containers.list(filters={"label": label, "status": "running"})
     except DockerException as exc:
-        raise UserError(f"cannot list containers: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot list containers: {clip(str(exc).splitlines()[0], 200)}") from None
     if not found:
         raise UserError(f"no running container of service {stack}_{service} on this node; run this on the node "
                         "that runs GitLab (the data role) once `bidsflux deploy` has started it")
@@ -59,10 +59,10 @@ def _rails(container: Any, ruby: str, env: Mapping[str, str], secret: str | None
     try:
         code, output = container.exec_run(["gitlab-rails", "runner", ruby], environment=dict(env))
     except DockerException as exc:
-        raise UserError(f"cannot run gitlab-rails in {container.name}: {scrub(str(exc), [secret or ''])[:200]}") from None
+        raise UserError(f"cannot run gitlab-rails in {container.name}: {clip(scrub(str(exc), [secret or '']), 200)}") from None
     text = (output or b"").decode(errors="replace")
     if code != 0:
-        last = scrub(text.strip().splitlines()[-1] if text.strip() else f"exit {code}", [secret or ""])[:300]
+        last = clip(scrub(text.strip().splitlines()[-1] if text.strip() else f"exit {code}", [secret or ""]), 300)
         raise UserError(f"gitlab-rails runner failed in {container.name}: {last}; is GitLab fully started? "
                         "(bidsflux health, or wait for /-/readiness)")
     return text

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 from bidsflux.gitlab.objects import UserSpec, put_variable, scrub
 
 # ---------------------------------------------------------------------------------- token storage
@@ -81,7 +81,7 @@ def create_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
         except Exception:  # noqa: BLE001 - report the storing failure, which matters more
             pass
         raise UserError(f"token {user.username}/{user.token.name} was created but could not be stored "
-                        f"({scrub(str(exc), [value])[:200]}); it was revoked again, fix the store and re-run") from None
+                        f"({clip(scrub(str(exc), [value]), 200)}); it was revoked again, fix the store and re-run") from None
     # Tokens it replaces (another scope set, or a value nobody holds) stop working only now.
     for t in old:
         gl.personal_access_tokens.delete(t.id)
@@ -116,7 +116,7 @@ def rotate_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
     except gitlab.GitlabError as exc:
         if exc.response_code is not None and exc.response_code < 500:
             raise UserError(f"GitLab refused to rotate token {user.username}/{user.token.name} "
-                            f"({exc.response_code}: {scrub(str(exc.error_message), [])[:200]}); nothing changed") from None
+                            f"({exc.response_code}: {clip(scrub(str(exc.error_message), []), 200)}); nothing changed") from None
         raise RotationUnknown(unknown_outcome(user, f"GitLab answered {exc.response_code}")) from None
     except requests.exceptions.RequestException as exc:
         raise RotationUnknown(unknown_outcome(user, type(exc).__name__)) from None
@@ -126,7 +126,7 @@ def rotate_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
     except BaseException as exc:
         raise UserError(
             f"token {user.username}/{user.token.name} was rotated (new id {token_id}) but storing it failed after "
-            f"{', '.join(store.stored) or 'no store'}: {scrub(str(exc), [value])[:200]}. The old token is revoked; "
+            f"{', '.join(store.stored) or 'no store'}: {clip(scrub(str(exc), [value]), 200)}. The old token is revoked; "
             f"fix the store and run `bidsflux gitlab tokens rotate {user.key}` (it rotates the new token, "
             "not the old one)") from None
 

@@ -60,7 +60,7 @@ def print_table(results: list[Result], console: Console) -> None:
 
 
 def register(main: click.Group) -> None:
-    from bidsflux.console import format_option, friendly_errors, root_option, site_option
+    from bidsflux.console import format_option, friendly_errors, make_console, root_option, site_option
 
     names = ", ".join(REGISTRY)
 
@@ -111,7 +111,7 @@ def register(main: click.Group) -> None:
         if fmt == "json":
             click.echo(json.dumps({"status": state.value, "checks": [r.to_dict() for r in results]}, indent=2))
         else:
-            print_table(results, Console(highlight=False, width=max(160, Console().width)))
+            print_table(results, make_console(soft_wrap=False))
             click.echo(f"health: {state.value} ({sum(r.status == Status.FAIL for r in results)} failing, "
                        f"{sum(r.status == Status.WARN for r in results)} warning, {len(results)} checked)")
         sys.stdout.flush()

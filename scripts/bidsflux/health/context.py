@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 from bidsflux.health.core import (
     ENDPOINT_NAMES,
     Context,
@@ -99,7 +99,7 @@ def gitlab_error(exc: Exception, what: str, url: str, timeout: float) -> tuple[s
         code = getattr(exc, "response_code", None)
         if code == 403:
             return f"{what} lacks permission (403)", "the token needs admin rights or the api/read_api scope"
-        return f"GitLab answered {what} with {code}: {str(exc)[:200]}", "check GitLab's logs (gitlab-ctl tail)"
+        return f"GitLab answered {what} with {code}: {clip(str(exc), 200)}", "check GitLab's logs (gitlab-ctl tail)"
     if isinstance(exc, requests.RequestException):
         return http_problem(exc, url, timeout), "is GitLab running and reachable from here?"
     return f"{what}: {first_line(exc)}", "check GitLab"

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 
 # ---------------------------------------------------------------------------------------------
 # results
@@ -248,7 +248,7 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:300]}" if text else exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {clip(text[0], 300)}" if text else exc.__class__.__name__
 
 
 def run_checks(checks: list[Check], ctx: Context,

@@ -16,6 +16,9 @@ from bidsflux.health.core import (
     check,
 )
 
+# Neither push nor up repairs a damaged file (push merges into it and refuses what Mercure would not load).
+RESTORE_FIX = ("restore the newest mercure.json.<UTC time>.bak next to it, or move the file away and run "
+               "bidsflux mercure up, which writes a fresh one")
 MERCURE_REQUIRED_KEYS = (
     "appliance_name", "port", "incoming_folder", "studies_folder", "outgoing_folder", "success_folder",
     "error_folder", "discard_folder", "processing_folder", "jobs_folder", "bookkeeper",
@@ -65,23 +68,23 @@ def check_dicom(ctx: Context, report: Report, timeout: float) -> None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        report.fail(f"{path} does not exist", "bidsflux mercure apply writes it")
+        report.fail(f"{path} does not exist", "bidsflux mercure up writes the first one (then bidsflux mercure push keeps it current)")
         return
     except (OSError, UnicodeDecodeError) as exc:
         report.fail(f"cannot read {path}: {exc.__class__.__name__}", "check the file's owner (Mercure's uid) and mode")
         return
     except json.JSONDecodeError as exc:
-        report.fail(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); Mercure cannot load it", "bidsflux mercure apply rewrites it")
+        report.fail(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); Mercure cannot load it", RESTORE_FIX)
         return
     if not isinstance(data, dict):
-        report.fail(f"{path} is not a JSON object", "bidsflux mercure apply rewrites it")
+        report.fail(f"{path} is not a JSON object", RESTORE_FIX)
         return
     missing = [k for k in MERCURE_REQUIRED_KEYS if k not in data]
     wrong = [k for k in ("targets", "rules", "modules") if k in data and not isinstance(data[k], dict)]
     if missing or wrong:
         what = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and wrong else "") + (
             f"not objects: {', '.join(wrong)}" if wrong else "")
-        report.fail(f"{path}: {what}", "bidsflux mercure apply rewrites it")
+        report.fail(f"{path}: {what}", RESTORE_FIX)
     elif (path.parent / "mercure.lock").exists():
         report.warn(f"{path.parent / 'mercure.lock'} exists: Mercure will not read its configuration",
                     "remove the stale lock once no writer is running")

@@ -70,7 +70,7 @@ def restart_receiver(project: str = COMPOSE_PROJECT) -> list[str]:
 def push(repo: Any, site: dict[str, Any], rules: Any, config_dir: Path, lock_timeout: float,
          prune: bool = False, restart: bool = True, out: Console | None = None) -> bool:
     """Merge the managed parts into config_dir/mercure.json. True when the file changed."""
-    out = out or Console(highlight=False, soft_wrap=True)
+    out = out or Console(markup=False, highlight=False, soft_wrap=True)
     target = config_dir / "mercure.json"
     if not config_dir.is_dir():
         raise UserError(f"{config_dir} does not exist: start Mercure first (`bidsflux mercure up`) or pass --config-dir")

@@ -85,14 +85,20 @@ def register(main: click.Group) -> None:
     @click.option("--lock-timeout", type=float, default=60.0, show_default=True,
                   help="Seconds to wait while someone else holds mercure.lock.")
     @click.option("--no-restart", is_flag=True, help="Do not restart the receiver when its settings change.")
+    @format_option
     @friendly_errors
     def push_cmd(site: str | None, root: str | None, config_dir: str | None, prune: bool,
-                 lock_timeout: float, no_restart: bool) -> None:
+                 lock_timeout: float, no_restart: bool, fmt: str) -> None:
         """Merge the managed parts into the live mercure.json (under Mercure's lock, atomically)."""
+        from bidsflux.console import make_console
+
         repo, site_data, rules = load_rules(site, root)
         cdir = config_dir_of(site_data, config_dir)
         report_unmanaged(read_json(cdir / "mercure.json"), repo, site_data, rules, prune)
-        push(repo, site_data, rules, cdir, lock_timeout, prune, restart=not no_restart)
+        changed = push(repo, site_data, rules, cdir, lock_timeout, prune, restart=not no_restart,
+                       out=make_console(stderr=fmt == "json"))
+        if fmt == "json":
+            click.echo(json.dumps({"file": str(cdir / "mercure.json"), "changed": changed}, indent=2))
 
     @mercure.command("up")
     @site_option
@@ -139,7 +145,7 @@ def register(main: click.Group) -> None:
         user = web_login(site_data, config_dir, 60)
         run_compose(compose_file, "config", "--quiet")
         for n in notes:
-            err.print(f"[yellow]note:[/] {n}")
+            err.print(f"note: {n}")
         click.echo(f"rendered {compose_file}; folders ready under {base}; web login '{user}' "
                    f"(password in {secret_file})")
         if check_only:

@@ -18,7 +18,7 @@ from bidsflux.site.render import dump_yaml
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document, load
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # names are never markup
 COMPOSE_PROJECT = "mercure"
 WEB_USER_KEY, WEB_PASSWORD_KEY = "MERCURE_WEB_USER", "MERCURE_WEB_PASSWORD"
 BOOKKEEPER_KEY = "MERCURE_BOOKKEEPER_API_KEY"

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bidsflux.diagnostics import UserError
 from bidsflux.swarm import preflight
@@ -57,7 +58,7 @@ def run_preflight(ctx: SwarmContext, create_dirs: bool, console: Console) -> Non
         table.add_column(col, overflow="fold")
     colour = {"ok": "green", "warn": "yellow", "fail": "red"}
     for f in findings:
-        table.add_row(f.check, f"[{colour[f.level]}]{f.level}[/]", f.message + (f"\nfix: {f.fix}" if f.fix else ""))
+        table.add_row(f.check, Text(f.level, style=colour[f.level]), f.message + (f"\nfix: {f.fix}" if f.fix else ""))
     console.print(table)
     failed = [f for f in findings if f.level == "fail"]
     if failed:
@@ -122,7 +123,7 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
     if outcomes:
         console.print(outcome_table(outcomes))
     if not report_failures(outcomes, console):
-        console.print("[red]bootstrap failed[/]: fix the services above and run it again (it resumes)")
+        console.print(Text.assemble(("bootstrap failed", "red"), ": fix the services above and run it again (it resumes)"))
         return 1
     summary = Table(title=f"bootstrap of {ctx.stack}")
     summary.add_column("what")

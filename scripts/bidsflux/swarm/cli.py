@@ -2,22 +2,68 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from bidsflux.console import format_option, friendly_errors, root_option, site_option
+from bidsflux.console import (
+    confirm_plan,
+    format_option,
+    friendly_errors,
+    make_console,
+    root_option,
+    site_option,
+    yes_option,
+)
 from bidsflux.diagnostics import UserError
 
 TIMEOUT_HELP = "Seconds to wait for services to converge before reporting a failure."
 
 
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+def _console(fmt: str = "text") -> Console:
+    # With --format json, stdout carries only the JSON result; progress goes to stderr.
+    return make_console(stderr=fmt == "json")
+
+
+def _plan_document(ctx: Any, plan: Any) -> dict[str, Any]:
+    """The plan as `plan --format json` writes it, with a fingerprint of the rendered stack so
+    `deploy --plan` can tell that the files changed even where the plan would look the same."""
+    doc = plan.to_dict()
+    doc["rendered_sha256"] = hashlib.sha256(ctx.rendered.to_yaml().encode()).hexdigest()
+    return doc
+
+
+def _check_saved_plan(path: str, ctx: Any, plan: Any) -> None:
+    """Refuse unless the saved plan is exactly what would be applied now."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a plan written by `bidsflux plan --format json` ({exc})") from None
+    if not isinstance(saved, dict) or "changes" not in saved:
+        raise UserError(f"{path}: not a plan written by `bidsflux plan --format json` (no 'changes')")
+    now = json.loads(json.dumps(_plan_document(ctx, plan), sort_keys=True))
+    moved = []
+    if saved.get("stack") != now["stack"]:
+        moved.append(f"it is for stack {saved.get('stack')}, not {now['stack']}")
+    if saved.get("rendered_sha256") != now["rendered_sha256"]:
+        moved.append("the site files render a different stack file now")
+    if json.dumps(saved.get("changes"), sort_keys=True) != json.dumps(now["changes"], sort_keys=True):
+        was = {(c.get("kind"), c.get("action"), c.get("name")) for c in saved.get("changes") or [] if isinstance(c, dict)}
+        cur = {(c["kind"], c["action"], c["name"]) for c in now["changes"]}
+        detail = [f"{' '.join(map(str, c))} no longer planned" for c in sorted(was - cur, key=str)]
+        detail += [f"{' '.join(c)} is new" for c in sorted(cur - was)]
+        moved.append("the live swarm moved since the plan was made" + (f" ({'; '.join(detail)})" if detail else
+                                                                       " (same changes, different values)"))
+    if moved:
+        raise UserError(f"{path} is not what a deploy would apply now: {'; '.join(moved)}. Nothing was changed; "
+                        "make and review a new plan (bidsflux plan --format json > plan.json)")
 
 
 def _context(site: str | None, root: str | None, versions: str = "live"):  # type: ignore[no-untyped-def]
@@ -66,9 +112,10 @@ def register(main: click.Group) -> None:
         """Compare the live swarm with the rendered stack. Exit 0 no change, 2 changes, 1 error."""
         from bidsflux.swarm.plan import format_plan
 
-        the_plan = _context(site, root).plan()
+        ctx = _context(site, root)
+        the_plan = ctx.plan()
         if fmt == "json":
-            click.echo(the_plan.to_json())
+            click.echo(json.dumps(_plan_document(ctx, the_plan), indent=2, sort_keys=True))
         else:
             for line in format_plan(the_plan):
                 click.echo(line)
@@ -79,16 +126,34 @@ def register(main: click.Group) -> None:
     @root_option
     @click.option("--timeout", type=float, default=900, show_default=True, help=TIMEOUT_HELP)
     @click.option("--no-handoff", is_flag=True, help="Never hand the deploy to a detached swarm job, even in CI.")
+    @click.option("--plan", "plan_file", type=click.Path(dir_okay=False, exists=True), default=None,
+                  help="Apply exactly this saved plan (bidsflux plan --format json > FILE); refused when the live "
+                       "swarm or the site files moved since it was made.")
+    @yes_option
+    @format_option
     @friendly_errors
-    def deploy(site: str | None, root: str | None, timeout: float, no_handoff: bool) -> None:
+    def deploy(site: str | None, root: str | None, timeout: float, no_handoff: bool, plan_file: str | None,
+               yes: bool, fmt: str) -> None:
         """Apply the plan: docker stack deploy --prune, then wait on every updated service.
 
-        An empty plan touches nothing. A paused or rolled-back update exits 1 with a report. In a
-        GitLab CI job that would restart GitLab or its own runner, the deploy runs as a one-shot
-        swarm job that outlives the CI job, and this command polls it."""
+        On a terminal the plan is shown and you are asked first (--yes or CI skips). An empty plan
+        touches nothing. A paused or rolled-back update exits 1 with a report. In a GitLab CI job
+        that would restart GitLab or its own runner, the deploy runs as a one-shot swarm job that
+        outlives the CI job, and this command polls it."""
         from bidsflux.swarm.deploy import run_deploy
+        from bidsflux.swarm.plan import format_plan
 
-        sys.exit(run_deploy(_context(site, root), _console(), timeout, allow_handoff=not no_handoff))
+        ctx = _context(site, root)
+        the_plan = ctx.plan()
+        if plan_file is not None:
+            _check_saved_plan(plan_file, ctx, the_plan)
+        if not the_plan.empty:
+            confirm_plan(format_plan(the_plan), f"deploy will apply these changes to the stack {ctx.stack}", yes)
+        code = run_deploy(ctx, _console(fmt), timeout, allow_handoff=not no_handoff)
+        if fmt == "json":
+            result = "no change" if the_plan.empty else ("deployed" if code == 0 else "failed")
+            click.echo(json.dumps({"stack": ctx.stack, "result": result, "plan": the_plan.to_dict()}, indent=2))
+        sys.exit(code)
 
     @main.group()
     def secrets() -> None:
@@ -97,8 +162,9 @@ def register(main: click.Group) -> None:
     @secrets.command("list")
     @site_option
     @root_option
+    @format_option
     @friendly_errors
-    def secrets_list(site: str | None, root: str | None) -> None:
+    def secrets_list(site: str | None, root: str | None, fmt: str) -> None:
         """Names, versions, ages and users of the stack's secrets (never values)."""
         from bidsflux.swarm.secretstore import our_secrets
 
@@ -108,12 +174,18 @@ def register(main: click.Group) -> None:
             table.add_column(col, overflow="fold")
         now = datetime.now(UTC)
         rotation_days = int(ctx.site["secrets"].get("rotation_days", 365))
+        rows = []
         for v in our_secrets(ctx.client, ctx.stack):
             age = _age_days(v.created, now)
-            age_text = "?" if age is None else f"{age}d" + (" (rotate: older than secrets.rotation_days)"
-                                                             if age >= rotation_days else "")
+            due = age is not None and age >= rotation_days
+            rows.append({"secret": v.logical, "version": v.version, "name": v.name, "age_days": age,
+                         "rotation_due": due, "used_by": list(v.used_by)})
+            age_text = "?" if age is None else f"{age}d" + (" (rotate: older than secrets.rotation_days)" if due else "")
             table.add_row(v.logical, str(v.version), v.name, age_text, ", ".join(v.used_by) or "-")
-        _console().print(table)
+        if fmt == "json":
+            click.echo(json.dumps(rows, indent=2))
+            return
+        make_console(soft_wrap=False).print(table)
 
     @secrets.command("rotate")
     @click.argument("names", nargs=-1)
@@ -121,31 +193,55 @@ def register(main: click.Group) -> None:
     @site_option
     @root_option
     @click.option("--timeout", type=float, default=900, show_default=True, help=TIMEOUT_HELP)
+    @yes_option
+    @format_option
     @friendly_errors
-    def secrets_rotate(names: tuple[str, ...], all_: bool, site: str | None, root: str | None, timeout: float) -> None:
+    def secrets_rotate(names: tuple[str, ...], all_: bool, site: str | None, root: str | None, timeout: float,
+                       yes: bool, fmt: str) -> None:
         """New version of each secret, services moved to it (start-first where their update order
-        says so), healthy, old version removed. Safe to re-run after an interruption."""
+        says so), healthy, old version removed. Safe to re-run after an interruption.
+
+        On a terminal the secrets and the services that restart are shown and you are asked first."""
+        from dataclasses import asdict
+
         from bidsflux.site.render import secret_catalog
-        from bidsflux.swarm.rotation import rotate
+        from bidsflux.swarm.rotation import rotate, rotate_one
+        from bidsflux.swarm.secretstore import our_secrets
 
         ctx = _context(site, root)
         catalog = secret_catalog(ctx.template.data)
         if all_ == bool(names):
             raise UserError(f"name the secrets to rotate or pass --all (secrets: {', '.join(sorted(catalog))})")
         chosen = sorted(ctx.rendered.secrets) if all_ else list(names)
-        sys.exit(rotate(ctx, chosen, _console(), timeout))
+        unknown = sorted(set(chosen) - set(catalog))
+        if unknown:
+            raise UserError(f"unknown secret {', '.join(unknown)}; known: {', '.join(sorted(catalog))}")
+        users = {v.logical: sorted(v.used_by) for v in our_secrets(ctx.client, ctx.stack) if v.used_by}
+        confirm_plan([f"  rotate {n}: restarts {', '.join(users.get(n, [])) or 'no running service'}" for n in chosen],
+                     f"{len(chosen)} secret(s) get a new value and their services restart", yes)
+        if fmt != "json":
+            sys.exit(rotate(ctx, chosen, _console(), timeout))
+        results = [rotate_one(ctx, n, _console(fmt), timeout) for n in chosen]
+        click.echo(json.dumps([asdict(r) for r in results], indent=2))
+        sys.exit(0 if all(r.ok for r in results) else 1)
 
     @secrets.command("gc")
     @site_option
     @root_option
+    @yes_option
     @friendly_errors
-    def secrets_gc(site: str | None, root: str | None) -> None:
-        """Remove old versions of our secrets that no service references (current or previous spec)."""
+    def secrets_gc(site: str | None, root: str | None, yes: bool) -> None:
+        """Remove old versions of our secrets that no service references (current or previous spec).
+
+        On a terminal the versions to remove are shown and you are asked first."""
         from bidsflux.swarm.secretstore import gc_candidates, our_secrets
 
         ctx = _context(site, root)
         console = _console()
         doomed = gc_candidates(our_secrets(ctx.client, ctx.stack))
+        if doomed:
+            confirm_plan([f"  remove {v.name}" for v in doomed], f"{len(doomed)} old secret version(s) will be removed",
+                         yes)
         for v in doomed:
             ctx.client.api.remove_secret(v.id)
             console.print(f"removed {v.name}")

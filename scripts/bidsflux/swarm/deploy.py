@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from bidsflux.diagnostics import UserError
 from bidsflux.site.render import RenderedStack, secret_catalog
@@ -145,7 +146,7 @@ def outcome_table(outcomes: list[ServiceOutcome]) -> Table:
     for col in ("service", "result", "running now", "detail"):
         table.add_column(col, overflow="fold")
     for o in outcomes:
-        table.add_row(o.name, "[green]ok[/]" if o.ok else f"[red]{o.state}[/]", o.running_image, o.detail)
+        table.add_row(o.name, Text("ok", style="green") if o.ok else Text(o.state, style="red"), o.running_image, o.detail)
     return table
 
 
@@ -162,7 +163,8 @@ def deploy_services(ctx: SwarmContext, plan: Plan, timeout: float, console: Cons
 def report_failures(outcomes: list[ServiceOutcome], console: Console) -> bool:
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
-        console.print(f"[red]FAILED[/] {o.name}: update {o.state}. {o.detail}. Running now: {o.running_image or 'nothing'}")
+        console.print(Text.assemble(("FAILED", "red"), f" {o.name}: update {o.state}. {o.detail}. Running now: "
+                                    f"{o.running_image or 'nothing'}"))
     return not failed
 
 
@@ -307,7 +309,8 @@ def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping
     if outcomes:
         console.print(outcome_table(outcomes))
     ok = report_failures(outcomes, console)
-    console.print("deploy finished" if ok else "[red]deploy failed[/]: the services above rolled back or paused")
+    console.print("deploy finished" if ok else Text.assemble(("deploy failed", "red"),
+                                                             ": the services above rolled back or paused"))
     return 0 if ok else 1
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 from bidsflux.swarm.plan import NETWORK_LABEL, strip_digest
 from bidsflux.swarm.secretstore import LABEL_MANAGED
 
@@ -122,7 +122,7 @@ def wait_for_services(
             try:
                 svc = client.api.inspect_service(name)
             except Exception as exc:  # noqa: BLE001 - a removed service is reported, not raised
-                outcomes[name] = ServiceOutcome(name, False, "missing", str(exc)[:200])
+                outcomes[name] = ServiceOutcome(name, False, "missing", clip(str(exc), 200))
                 pending.pop(name)
                 continue
             us = svc.get("UpdateStatus") or {}

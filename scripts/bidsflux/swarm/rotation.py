@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from bidsflux.diagnostics import UserError
 from bidsflux.site.render import secret_catalog
@@ -98,7 +99,7 @@ def rotate_one(ctx: SwarmContext, logical: str, console: Console, timeout: float
     outcomes = wait_with_progress(ctx, moving, started, timeout, console)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
-        console.print(f"[red]{o.name}[/]: {o.state}. {o.detail}. Running now: {o.running_image or 'nothing'}")
+        console.print(Text.assemble((o.name, "red"), f": {o.state}. {o.detail}. Running now: {o.running_image or 'nothing'}"))
     if failed:
         console.print(f"old versions of {logical} are kept because a service did not move to {target.name}")
         return RotationResult(logical, target.name, moving, [], False)

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, clip
 
 LABEL_MANAGED = "io.bidsflux.managed"
 LABEL_STACK = "io.bidsflux.stack"
@@ -21,14 +21,20 @@ def docker_client():  # type: ignore[no-untyped-def]
     """docker-py client from the environment; an unreachable engine is a UserError with the fix."""
     import docker
     from docker.errors import DockerException
+    from requests.exceptions import RequestException
 
+    from bidsflux.console import connect_timeout
+
+    timeout = connect_timeout()
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        client = docker.from_env(timeout=30)
+        client = docker.from_env(timeout=timeout)
         client.ping()
-    except DockerException as exc:
+    except (DockerException, RequestException) as exc:
         raise UserError(
-            f"cannot reach the Docker engine ({str(exc).splitlines()[0][:200]}); start it "
-            "(systemctl start docker, or dockerd) or set DOCKER_HOST"
+            f"cannot reach the Docker engine at {where} (waited up to {timeout:g}s for an answer: "
+            f"{clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)}); start it "
+            "(systemctl start docker, or dockerd), set DOCKER_HOST, or wait longer with --connect-timeout"
         ) from None
     return client
 
