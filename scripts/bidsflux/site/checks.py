@@ -5,6 +5,7 @@ the CI files and the rendered stack against the official GitLab CI and compose-s
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -141,6 +142,124 @@ def _site_checks(site: Document, out: list[Diagnostic]) -> None:
             seen_roles[svc] = role
 
 
+# Ranges an overlay must not shadow unless the site says so (swarm.network.overlap_acknowledged):
+# Docker's own networks (docker0, the first docker_gwbridge, the swarm ingress) and LAN ranges
+# home and office routers hand out by default.
+DOCKER_DEFAULT_RANGES = {"172.17.0.0/16": "docker0's default bridge", "172.18.0.0/16": "docker_gwbridge",
+                         "10.0.0.0/24": "the swarm ingress network"}
+COMMON_LAN_RANGES = ("192.168.0.0/24", "192.168.1.0/24", "192.168.2.0/24", "192.168.178.0/24", "10.0.1.0/24",
+                     "10.1.1.0/24", "172.16.0.0/24")
+
+
+def _subnet_overlap_check(site: Document, out: list[Diagnostic]) -> None:
+    network = site.data["swarm"]["network"]
+    try:
+        net = ipaddress.ip_network(network["subnet"], strict=True)
+    except ValueError:
+        return  # reported by _site_checks
+    acknowledged = []
+    for cidr in network.get("overlap_acknowledged") or []:
+        try:
+            acknowledged.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            continue
+    ranges = {**DOCKER_DEFAULT_RANGES, **{r: "a common LAN range" for r in COMMON_LAN_RANGES}}
+    hits = []
+    for cidr, what in ranges.items():
+        other = ipaddress.ip_network(cidr)
+        if net.overlaps(other) and not any(other.subnet_of(a) for a in acknowledged):
+            hits.append((str(other), what))
+    if hits:
+        shown = ", ".join(f"{cidr} ({what})" for cidr, what in hits)
+        out.append(site.diagnostic(
+            ["swarm", "network", "subnet"],
+            f"{net} overlaps {shown}: containers could not reach hosts there; pick another block "
+            f"(e.g. 10.87.0.0/16), or if this is intended list {', '.join(c for c, _ in hits)} under "
+            "swarm.network.overlap_acknowledged"))
+
+
+def _advertise_addr_check(site: Document, out: list[Diagnostic]) -> None:
+    """docker swarm init --advertise-addr takes <ip|interface>[:port]."""
+    value = str(site.data["swarm"]["advertise_addr"])
+    host, port = value, None
+    if value.startswith("["):  # [ipv6]:port
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    problem = ""
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        problem = f"port '{port}' is not a number from 1 to 65535"
+    elif re.fullmatch(r"[0-9.]+", host) or ":" in host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            problem = f"'{host}' is not a valid IP address (each of the four numbers is 0-255)"
+    elif not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.@-]{0,14}", host):
+        problem = f"'{host}' is neither an IP address nor a network interface name"
+    if problem:
+        out.append(site.diagnostic(["swarm", "advertise_addr"],
+                                   f"{problem}; write an address of this host (10.0.0.5) or an interface (eth0)"))
+
+
+def _storage_remote_host_check(site: Document, out: list[Diagnostic]) -> None:
+    """The indexer's git-annex remote must go to the S3 API the stack serves (hosts.s3)."""
+    text = site.data["indexer"]["storage_remote"]
+    netloc = urlsplit(text).netloc
+    if "{" in netloc or "}" in netloc:
+        return  # a placeholder in the host: checked by the placeholder rule
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        return
+    hosts = site.data["hosts"]
+    if host and host not in (hosts["s3"], hosts["s3_console"]):
+        out.append(site.diagnostic(["indexer", "storage_remote"],
+                                   f"host {host} is not hosts.s3 ({hosts['s3']}): the indexer would store data in "
+                                   f"another S3; write s3://{hosts['s3']}:{site.data['ports']['s3_api']}/..."))
+
+
+def _mercure_receiver_port_check(site: Document, rules: Document, compose: Document | None,
+                                 out: list[Diagnostic]) -> None:
+    """rules.yml's receiver port is where Mercure listens inside its container; the compose file
+    publishes ports.dicom to a container port, and the two must be the same port."""
+    if site.data["dicom_endpoint"]["kind"] != "mercure" or not isinstance(rules.data, dict):
+        return
+    port = ((rules.data.get("settings") or {}).get("receiver") or {}).get("port")
+    if port is None or compose is None or not isinstance(compose.data, dict):
+        return
+    receiver = (compose.data.get("services") or {}).get("receiver") or {}
+    targets = []
+    for entry in receiver.get("ports") or []:
+        text = str(entry)
+        if "ports.dicom" in text and ":" in text:
+            target = text.rsplit(":", 1)[1].split("/")[0].strip()
+            if target.isdigit():
+                targets.append(int(target))
+    if targets and port not in targets:
+        out.append(rules.diagnostic(
+            ["settings", "receiver", "port"],
+            f"the receiver would listen on {port} inside its container, but {compose.display} publishes "
+            f"ports.dicom ({site.data['ports']['dicom']}) to container port {targets[0]}: DICOM sent to the site "
+            f"would reach nothing; set it to {targets[0]} (scanners use ports.dicom in {site.display})"))
+
+
+def _image_pinned(ref: str) -> bool:
+    if "@sha256:" in ref:
+        return True
+    last = ref.rsplit("/", 1)[-1]
+    return ":" in last and not last.endswith(":latest")
+
+
+def _runner_image_checks(runners: Document, out: list[Diagnostic]) -> None:
+    for name, spec in runners.data["runners"].items():
+        image = ((spec.get("docker") or {}) if isinstance(spec.get("docker"), dict) else {}).get("image")
+        if isinstance(image, str) and "$" not in image and not _image_pinned(image):
+            out.append(runners.diagnostic(["runners", name, "docker", "image"],
+                                          f"'{image}' is not pinned (no tag, or ':latest'): jobs would change with "
+                                          "the registry; use a release tag (alpine:3.20) or a digest"))
+
+
 def _placement_checks(site: Document, template: Document, out: list[Diagnostic]) -> None:
     roles = site.data["roles"]
     placed = {svc for services in roles.values() for svc in services}
@@ -272,6 +391,12 @@ def validate(repo: Repository, file_checks: Mapping[str, FileCheck] | None = Non
     template = loaded.docs.get("stack/bidsflux.stack.yml") if "stack/bidsflux.stack.yml" in loaded.valid else None
     if site is not None:
         _site_checks(site, out)
+        _subnet_overlap_check(site, out)
+        _advertise_addr_check(site, out)
+        _storage_remote_host_check(site, out)
+        if "stack/mercure/rules.yml" in loaded.valid:
+            compose = loaded.docs.get("stack/mercure/docker-compose.yml")
+            _mercure_receiver_port_check(site, loaded.docs["stack/mercure/rules.yml"], compose, out)
     if site is not None and template is not None:
         _placement_checks(site, template, out)
         _rendered_checks(repo, site, template, out)
@@ -279,6 +404,7 @@ def validate(repo: Repository, file_checks: Mapping[str, FileCheck] | None = Non
         _secret_checks(template, out)
     if "stack/runners.yml" in loaded.valid:
         _runner_checks(repo, loaded.docs["stack/runners.yml"], template, ci_docs, out)
+        _runner_image_checks(loaded.docs["stack/runners.yml"], out)
     if site is not None and "stack/gitlab.yml" in loaded.valid:
         _gitlab_checks(site, loaded.docs["stack/gitlab.yml"], template, out)
     for file, file_check in (file_checks or {}).items():

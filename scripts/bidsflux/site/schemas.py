@@ -3,6 +3,7 @@ against the official GitLab CI and compose-spec schemas shipped in check-jsonsch
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable
 from functools import cache
@@ -56,11 +57,16 @@ def _message(error: ValidationError) -> str:
         return f"{_short(error.instance)} is not one of {', '.join(map(str, error.validator_value))}"
     if v == "pattern":
         desc = error.schema.get("description")
-        hint = f" ({desc.rstrip('.')})" if desc else ""
+        hint = f" ({desc.rstrip('.')})" if desc else f" (allowed pattern: {error.validator_value})"
         return f"{_short(error.instance)} is not a valid value{hint}"
     if v == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
+        if expected == "string" and isinstance(error.instance, int) and error.path and error.path[-1] == "mode":
+            # YAML reads an unquoted 0750 as a number (and drops the leading zero)
+            return (f"{error.instance} is a number: quote the mode so YAML keeps it as written, "
+                    f"e.g. mode: \"0{error.instance}\"" if len(str(error.instance)) == 3
+                    else "a mode must be quoted so YAML keeps it as written, e.g. mode: \"0750\"")
         return f"{_short(error.instance)} should be of type {expected}"
     if v == "required":
         return error.message.replace("is a required property", "is required")
@@ -95,7 +101,15 @@ def errors_to_diagnostics(doc: Document, errors: Iterable[ValidationError]) -> l
                 ]
                 known = ", ".join(sorted(allowed)) or "none"
                 for key in extra:
-                    out.append(doc.diagnostic([*path, key], f"unknown key (allowed here: {known})"))
+                    close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+                    guess = f"did you mean '{close[0]}'? " if close else ""
+                    out.append(doc.diagnostic([*path, key], f"unknown key; {guess}(allowed here: {known})"))
+                continue
+            if error.validator == "pattern" and error.relative_schema_path and \
+                    "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
+                # a bad key name: point at the key itself, not at its parent
+                out.append(doc.diagnostic([*path, error.instance], f"name {error.instance!r} is not allowed: "
+                                          f"use only characters matching {error.validator_value}"))
                 continue
             if error.validator == "required":
                 missing = error.message.split("'")[1] if "'" in error.message else ""

@@ -11,6 +11,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from bidsflux.diagnostics import Diagnostic, UserError, key_path
+from bidsflux.site import yamlerrors
 
 
 @dataclass
@@ -99,10 +100,7 @@ def load(path: Path, root: Path | None = None) -> Document:
     try:
         raw = yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        problem = problem.split("\n")[0]
+        line, col, problem = yamlerrors.locate(text, exc)
         raise UserError("", [Diagnostic(shown, line, col, "", f"YAML syntax: {problem}")]) from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
