@@ -2,4 +2,4 @@
 
 from bidsflux.cli import main
 
-main()
+main(prog_name="bidsflux")  # completion and usage say `bidsflux` however it was started
