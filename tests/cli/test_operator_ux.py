@@ -287,3 +287,63 @@ def test_a_long_gitlab_error_page_is_shortened_at_a_word_boundary() -> None:
     words = re.findall(r"[A-Za-z]+", body)
     last_word = re.findall(r"[A-Za-z]+", m.group(1))[-1]
     assert last_word in words, f"cut mid-word: ...{m.group(1)[-30:]}"
+
+
+# --- (5) asking before changing production ------------------------------------------------------
+
+def _on_a_terminal(args: list[str], env: dict[str, str], answer: str | None, timeout: float = 60) -> tuple[int, str]:
+    """Run bidsflux with stdin/stdout on a pseudo-terminal; answer the first question with `answer`."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "bidsflux", *args], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "PYTHONPATH": SCRIPTS, **env}, close_fds=True)
+    os.close(slave)
+    seen, answered, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if answer is not None and not answered and b"Continue?" in seen:
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, seen.decode(errors="replace")
+
+
+def test_gitlab_apply_shows_the_plan_and_asks_on_a_terminal(gitlab_emulator, repo_copy: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"BIDSFLUX_GITLAB_URL": gitlab_emulator.url, "BIDSFLUX_GITLAB_TOKEN": gitlab_emulator.admin_token,
+           "CI": "", "GITLAB_CI": ""}
+    mark = gitlab_emulator.mark()
+    code, output = _on_a_terminal(["gitlab", "apply", "--root", str(repo_copy)], env, answer="n")
+    assert "Continue?" in output and "dicom_bot" in output, output  # the plan, then the question
+    assert code == 1 and "stopped at your request; nothing was changed" in output
+    assert not gitlab_emulator.writes(mark)
+
+
+def test_yes_and_ci_skip_the_question() -> None:
+    snippet = ("from bidsflux.console import confirm_plan\n"
+               "import sys\nconfirm_plan(['  remove x'], 'x is removed', yes=sys.argv[1] == 'yes')\nprint('went on')\n")
+    for flag, env in (("yes", {"CI": ""}), ("no", {"CI": "true"}), ("no", {"GITLAB_CI": "true", "CI": ""})):
+        import pty
+        master, slave = pty.openpty()
+        proc = subprocess.run([sys.executable, "-c", snippet, flag], stdin=slave, stdout=slave, stderr=slave,
+                              env={**os.environ, "PYTHONPATH": SCRIPTS, **env}, timeout=30, check=False)
+        os.close(slave)
+        out = os.read(master, 4096).decode()
+        os.close(master)
+        assert proc.returncode == 0 and "went on" in out and "Continue?" not in out, (flag, env, out)

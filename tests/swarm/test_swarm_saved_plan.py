@@ -1,0 +1,43 @@
+"""`deploy --plan FILE` applies exactly a reviewed plan: it refuses, changing nothing, when the site
+files or the live swarm moved since the plan was made (issue 19)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+
+@pytest.mark.integration
+def test_deploy_of_a_saved_plan_refuses_when_files_or_the_swarm_moved(fresh_site: Any, docker_client: Any,
+                                                                      tmp_path: Any) -> None:
+    site = fresh_site
+    made = site.run("plan", "--format", "json")
+    assert made.exit_code == 2, made.output
+    saved = tmp_path / "plan.json"
+    saved.write_text(made.output)
+    assert json.loads(made.output)["rendered_sha256"]
+
+    # The site file changed after the review: the saved plan is no longer what would be applied.
+    before = site.site_file.read_text()
+    site.edit(lambda d: d["ports"].__setitem__("dicom", d["ports"]["dicom"] + 1))
+    refused = site.run("deploy", "--plan", str(saved), "--yes")
+    assert refused.exit_code == 1 and "render a different stack file" in refused.output, refused.output
+    assert not docker_client.networks.list(names=[site.network]), "a refused deploy created the network"
+    site.site_file.write_text(before)
+
+    # The live swarm moved: someone created the network the plan was going to create.
+    from ruamel.yaml import YAML
+
+    net = YAML().load(site.site_file.read_text())["swarm"]["network"]
+    import docker
+
+    docker_client.networks.create(net["name"], driver="overlay", attachable=True,
+                                  ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net["subnet"])]),
+                                  labels={"test": "saved-plan"})
+    refused = site.run("deploy", "--plan", str(saved), "--yes")
+    assert refused.exit_code == 1, refused.output
+    assert "the live swarm moved since the plan was made" in refused.output
+    assert "network create" in refused.output and "no longer planned" in refused.output
+    assert not docker_client.services.list(filters={"label": f"com.docker.stack.namespace={site.stack}"})
