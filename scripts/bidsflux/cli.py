@@ -74,7 +74,7 @@ def main() -> None:
     Options before the subcommand (--site, --root, -q, -v, --connect-timeout) apply to it."""
     level = {1: logging.INFO}.get(verbosity(), logging.DEBUG if verbosity() > 1 else None)
     if level is not None:
-        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=level, format="%(name)s: %(message)s")
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.

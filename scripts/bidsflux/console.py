@@ -156,7 +156,7 @@ def group_options(func: F) -> F:
     func = click.option("-q", "--quiet", "quiet", count=True, expose_value=False, callback=_verbosity(-1),
                         help="Print only errors and requested output (plans, JSON).")(func)
     func = click.option("-v", "--verbose", "verbose", count=True, expose_value=False, callback=_verbosity(1),
-                        help="Say more: -v logs what is done, -vv also each engine request.")(func)
+                        help="Say more: -v names each engine and URL used and what is run, -vv also every HTTP request.")(func)
     return func
 
 

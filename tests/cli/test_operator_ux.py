@@ -203,13 +203,38 @@ def test_quiet_prints_only_what_was_asked(repo_copy: Path, tmp_path: Path) -> No
     assert run("-v", "--root", str(repo_copy), "validate").returncode == 0
 
 
-@pytest.mark.parametrize("args", [["secrets", "list"], ["deploy"], ["secrets", "rotate", "--all"]])
-def test_json_format_reports_errors_as_json(args: list[str]) -> None:
-    result = cli(*args, "--root", str(REPO_ROOT), "--format", "json", env={"DOCKER_HOST": "unix:///nonexistent/d.sock"})
-    assert result.exit_code == 1
-    stdout = result.stdout if hasattr(result, "stdout") else result.output
+@pytest.mark.parametrize("args,says", [
+    (["secrets", "list"], "cannot reach the Docker engine at unix:///nonexistent/d.sock"),
+    (["deploy"], "cannot reach the Docker engine at unix:///nonexistent/d.sock"),
+    (["secrets", "rotate", "--all"], "cannot reach the Docker engine at unix:///nonexistent/d.sock"),
+    (["mercure", "push", "--config-dir", "/nonexistent/mercure/config"], "/nonexistent/mercure/config does not exist"),
+    (["runners", "register"], "no GitLab token"),
+    (["gitlab", "tokens", "rotate"], "no GitLab token"),
+])
+def test_json_format_reports_errors_as_json(args: list[str], says: str) -> None:
+    result = cli(*args, "--root", str(REPO_ROOT), "--format", "json",
+                 env={"DOCKER_HOST": "unix:///nonexistent/d.sock", "BIDSFLUX_GITLAB_TOKEN": ""})
+    assert result.exit_code == 1, result.output
+    stdout = result.stdout
     error = json.loads(stdout[stdout.index("{"):])
-    assert "cannot reach the Docker engine at unix:///nonexistent/d.sock" in error["error"]
+    assert says in error["error"], error
+
+
+def test_verbose_names_the_engine_and_url_it_talks_to(gitlab_emulator) -> None:  # type: ignore[no-untyped-def]
+    env = {"BIDSFLUX_GITLAB_URL": gitlab_emulator.url, "BIDSFLUX_GITLAB_TOKEN": gitlab_emulator.admin_token}
+    done = run("-v", "gitlab", "plan", "--root", str(REPO_ROOT), env=env)
+    assert done.returncode in (0, 2), done.stderr
+    assert f"GitLab at {gitlab_emulator.url}: signed in as root" in done.stderr
+    assert gitlab_emulator.admin_token not in done.stderr + done.stdout
+    quiet = run("gitlab", "plan", "--root", str(REPO_ROOT), env=env)
+    assert "signed in" not in quiet.stderr
+
+
+def test_every_engine_command_has_a_connect_timeout() -> None:
+    from bidsflux.helptext import ENGINE_COMMANDS
+
+    for path in ENGINE_COMMANDS:
+        assert "--connect-timeout" in cli(*path.split(), "--help").output, path
 
 
 # --- (6) timeouts that name what they waited for; messages never cut mid-word --------------------

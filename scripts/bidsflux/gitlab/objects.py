@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -247,6 +248,8 @@ def connect(url: str, token: str, timeout: float | None = None) -> Any:
     gl = gitlab.Gitlab(url, private_token=token, timeout=timeout, retry_transient_errors=False, keep_base_url=True)
     with gitlab_errors("checking the token", url, [token]):
         gl.auth()
+    logging.getLogger("bidsflux").info("GitLab at %s: signed in as %s (timeout %gs)", url,
+                                       getattr(gl.user, "username", "?"), timeout)
     return gl
 
 

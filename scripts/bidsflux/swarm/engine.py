@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ def stack_deploy(compose_text: str, stack: str, workdir: Path | None = None) -> 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "bidsflux.stack.yml"
         path.write_text(compose_text, encoding="utf-8")
+        logging.getLogger("bidsflux").info("running docker stack deploy --prune -c %s %s", path, stack)
         try:
             sh.docker("stack", "deploy", "--prune", "--resolve-image", "never", "--with-registry-auth",
                       "-c", str(path), stack, _err_to_out=True)

@@ -5,6 +5,7 @@ Docker secrets are immutable, so every value lives in its own object named
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ def docker_client():  # type: ignore[no-untyped-def]
             f"{clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)}); start it "
             "(systemctl start docker, or dockerd), set DOCKER_HOST, or wait longer with --connect-timeout"
         ) from None
+    logging.getLogger("bidsflux").info("Docker engine at %s answered (timeout %gs)", where, timeout)
     return client
 
 
