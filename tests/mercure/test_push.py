@@ -161,6 +161,8 @@ def test_no_secret_values_in_config_or_output(repo: Path, live: Path, tmp_path: 
 def test_receiver_change_is_reported_and_restart_failure_is_clear(repo: Path, live: Path, no_docker_env: dict) -> None:
     assert run(repo, live, "push", "--no-restart").exit_code == 0
     edit(repo / "stack" / "mercure" / "rules.yml", "    port: 11112", "    port: 11113")
+    # the compose file publishes ports.dicom to the same container port (validate checks they agree)
+    edit(repo / "stack" / "mercure" / "docker-compose.yml", "{{ ports.dicom }}:11112", "{{ ports.dicom }}:11113")
     plan = run(repo, live, "plan")
     assert plan.exit_code == 2 and "receiver settings change (port)" in plan.output
     result = cli("mercure", "push", "--root", str(repo), "--config-dir", str(live), env=no_docker_env)
