@@ -32,6 +32,9 @@ EXAMPLES: dict[str, list[str]] = {
     "mercure up": ["bidsflux mercure up --check-only"],
     "health": ["bidsflux health --check s3 --check dicom --timeout 10",
                "bidsflux health --format json --junit health.xml"],
+    "backup list": ["bidsflux backup list --format json"],
+    "backup drill": ["bidsflux backup drill latest --identity ~/backup-key.txt --scratch-s3 http://127.0.0.1:9100"],
+    "restore": ["bidsflux restore latest --identity ~/backup-key.txt --only values"],
     "ci plan-note": ["bidsflux ci plan-note plan-swarm.json plan-gitlab.json"],
     "ci issues": ["bidsflux ci issues --kind health health.json"],
     "ci require-default-branch": ["bidsflux ci require-default-branch && bidsflux deploy"],
@@ -46,13 +49,15 @@ EXTRA_EXIT_CODES: dict[str, dict[int, str]] = {
     "deploy": {EXIT_ERROR: "an error, or an update paused or rolled back"},
     "health": {EXIT_ERROR: "a check failed (warnings do not fail)"},
     "doctor": {EXIT_ERROR: "a check failed"},
+    "backup drill": {EXIT_ERROR: "the snapshot does not restore whole"},
+    "restore": {EXIT_ERROR: "refused or failed (the message says which step)"},
 }
 
 # Commands that call the Docker engine or GitLab: they take --connect-timeout.
 ENGINE_COMMANDS = {
     "render", "bootstrap", "plan", "deploy", "doctor", "secrets list", "secrets rotate", "secrets gc",
     "swarm join-command", "gitlab plan", "gitlab apply", "gitlab root-token", "gitlab tokens rotate",
-    "runners register", "runners list", "mercure push", "mercure up", "health",
+    "runners register", "runners list", "mercure push", "mercure up", "health", "backup drill", "restore",
 }
 
 
