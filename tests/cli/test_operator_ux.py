@@ -371,3 +371,30 @@ def test_yes_and_ci_skip_the_question() -> None:
         out = os.read(master, 4096).decode()
         os.close(master)
         assert proc.returncode == 0 and "went on" in out and "Continue?" not in out, (flag, env, out)
+
+
+def test_runners_register_lists_what_it_replaces_and_asks(gitlab_emulator, repo_copy: Path) -> None:  # type: ignore[no-untyped-def]
+    import gitlab
+
+    gl = gitlab.Gitlab(gitlab_emulator.url, private_token=gitlab_emulator.admin_token)
+    gl.auth()
+    stray = gl.user.runners.create({"runner_type": "instance_type", "description": "old-hand-made"})
+    env = {"BIDSFLUX_GITLAB_URL": gitlab_emulator.url, "BIDSFLUX_GITLAB_TOKEN": gitlab_emulator.admin_token,
+           "CI": "", "GITLAB_CI": ""}
+    mark = gitlab_emulator.mark()
+    code, output = _on_a_terminal(["runners", "register", "--root", str(repo_copy)], env, answer="n")
+    assert f"delete runner #{stray.id} 'old-hand-made' (not in runners.yml)" in output, output
+    assert "register dind (service gitlab-runner-dind" in output
+    assert code == 1 and "stopped at your request" in output
+    assert not gitlab_emulator.writes(mark)
+    assert [r.description for r in gl.runners.all(get_all=True)] == ["old-hand-made"]
+
+
+def test_runners_list_fits_the_terminal(gitlab_emulator) -> None:  # type: ignore[no-untyped-def]
+    env = {"BIDSFLUX_GITLAB_URL": gitlab_emulator.url, "BIDSFLUX_GITLAB_TOKEN": gitlab_emulator.admin_token,
+           "COLUMNS": "64"}
+    done = run("runners", "list", "--root", str(REPO_ROOT), env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    assert any("dind" in ln and "missing" in ln for ln in lines), done.stdout
+    assert max(len(ln) for ln in lines) <= 64

@@ -294,9 +294,17 @@ def register(main: click.Group) -> None:
         if fmt == "json":
             click.echo(json.dumps(rows, indent=2))
             return
+        from rich.table import Table
+
+        from bidsflux.console import make_console
+
+        table = Table(title="runners")
+        for col in ("runner", "service", "state", "in GitLab", "tags"):
+            table.add_column(col, overflow="fold")
         for r in rows:
             ids = ", ".join(f"#{g['id']} {g['status']}" for g in r["gitlab"]) or "-"
-            click.echo(f"{r['name']:<24} {r['service'] or '-':<22} {r['state']:<16} {ids}  tags: {','.join(r['tags']) or '(untagged)'}")
+            table.add_row(r["name"], r["service"] or "-", r["state"], ids, ",".join(r["tags"]) or "(untagged)")
+        make_console(soft_wrap=False).print(table)
 
 
 def site_option_late() -> Any:
