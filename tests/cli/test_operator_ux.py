@@ -398,3 +398,11 @@ def test_runners_list_fits_the_terminal(gitlab_emulator) -> None:  # type: ignor
     lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
     assert any("dind" in ln and "missing" in ln for ln in lines), done.stdout
     assert max(len(ln) for ln in lines) <= 64
+
+
+def test_doctor_on_a_node_without_the_repository_checks_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("doctor", "--format", "json", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    findings = {f["check"]: f for f in json.loads(result.output)}
+    assert findings["site"]["level"] == "warn" and "--root" in findings["site"]["fix"]
+    assert findings["engine"]["level"] == "fail" and result.exit_code == 1

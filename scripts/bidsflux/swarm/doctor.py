@@ -43,6 +43,15 @@ def _site_findings(site: str | None, root: str | None, client: Any) -> list[Find
     from bidsflux.site.repository import open_repository
     from bidsflux.validation import load_valid
 
+    if site is None and root is None:
+        from pathlib import Path
+
+        from bidsflux.site.repository import find_root
+
+        if find_root(Path.cwd()) is None:
+            # a worker often has no copy of the repository: the node checks above still hold
+            return [Finding("warn", "site", "no bidsflux repository here: data folders and ports not checked",
+                            "run from a checkout of the site repository, or pass --root DIR")]
     try:
         repo = open_repository(site, root)
         site_doc, template = load_valid(repo)
