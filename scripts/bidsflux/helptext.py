@@ -58,6 +58,7 @@ ENGINE_COMMANDS = {
     "render", "bootstrap", "plan", "deploy", "doctor", "secrets list", "secrets rotate", "secrets gc",
     "swarm join-command", "gitlab plan", "gitlab apply", "gitlab root-token", "gitlab tokens rotate",
     "runners register", "runners list", "mercure push", "mercure up", "health", "backup drill", "restore",
+    "ci plan-note", "ci issues",
 }
 
 

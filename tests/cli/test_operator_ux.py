@@ -99,14 +99,24 @@ def test_every_command_a_message_or_the_readme_names_exists() -> None:
         text = path.read_text()
         if path.suffix == ".md":  # prose may say "bidsflux runs ..."; commands are in code
             text = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S) + re.findall(r"`[^`\n]+`", text))
-        for m in re.finditer(r"""(?:[`"'(]|^)bidsflux ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?""", text, re.M):
-            first, second = m.group(1), m.group(2)
+        for m in re.finditer(r"""(?:[`"'(]|^)bidsflux ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?([^`"'\n]*)""", text, re.M):
+            first, second, rest = m.group(1), m.group(2), m.group(3)
             if first == "pid":  # the content of mercure.lock, not a command
                 continue
             if first not in known and first not in groups:
                 wrong.append(f"{path.name}: bidsflux {first}")
             elif first in groups and second and f"{first} {second}" not in known:
                 wrong.append(f"{path.name}: bidsflux {first} {second}")
+            else:
+                name = f"{first} {second}" if first in groups and second else first
+                cmd = dict(commands()).get(name)
+                if cmd is None:
+                    continue
+                options = {o for p in cmd.params for o in getattr(p, "opts", [])} | {
+                    o for p in main.params for o in getattr(p, "opts", [])} | {"--help"}
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest.split(";")[0].split(" # ")[0]):
+                    if option not in options:
+                        wrong.append(f"{path.name}: bidsflux {name} {option}")
     assert wrong == [], wrong
 
 

@@ -25,10 +25,12 @@ def connect(env: Mapping[str, str]) -> Any:
     url = env.get("CI_SERVER_URL")
     token = env.get("BIDSFLUX_GITLAB_TOKEN")
     if not url:
-        raise UserError("CI_SERVER_URL is not set: run this inside a GitLab CI job or pass --gitlab-url")
+        raise UserError("CI_SERVER_URL is not set: run this inside a GitLab CI job, or set CI_SERVER_URL to GitLab's URL")
     if not token:
         raise UserError("BIDSFLUX_GITLAB_TOKEN is not set: add the ops bot's token as a masked CI variable (bidsflux gitlab apply does)")
-    return gitlab.Gitlab(url, private_token=token, timeout=30, retry_transient_errors=True)
+    from bidsflux.console import connect_timeout
+
+    return gitlab.Gitlab(url, private_token=token, timeout=connect_timeout(), retry_transient_errors=True)
 
 
 def gitlab_call(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -41,7 +43,12 @@ def gitlab_call(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
     except GitlabError as exc:
         raise UserError(f"GitLab refused to {what}: {exc.response_code} {exc.error_message}") from None
     except RequestException as exc:
-        raise UserError(f"cannot reach GitLab to {what}: {type(exc).__name__}") from None
+        import os
+
+        from bidsflux.console import connect_timeout
+
+        raise UserError(f"cannot reach GitLab at {os.environ.get('CI_SERVER_URL', '?')} to {what} ({type(exc).__name__}; "
+                        f"waited up to {connect_timeout():g}s per request)") from None
 
 
 # ------------------------------------------------------------------------------ plan note
