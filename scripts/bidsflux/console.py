@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import click
@@ -72,7 +73,7 @@ def _error_line(message: str) -> Text:
 
 
 def _json_error(message: str, exc: BaseException | None) -> None:
-    diagnostics = [d.__dict__ for d in getattr(exc, "diagnostics", [])]
+    diagnostics = [asdict(d) for d in getattr(exc, "diagnostics", [])]
     click.echo(json.dumps({"error": message, "diagnostics": diagnostics}, indent=2))
 
 
@@ -88,7 +89,7 @@ def friendly_errors(func: F) -> F:
         except UserError as exc:
             err_console.print(_error_line(str(exc)))
             if as_json:
-                _json_error(str(exc.args[0]) if exc.args else str(exc), exc)
+                _json_error(str(exc.args[0]) if exc.args and exc.args[0] else str(exc), exc)
             sys.exit(EXIT_ERROR)
         except OSError as exc:
             # Files and folders the user named (permissions, full disk, missing parent folder).

@@ -219,6 +219,7 @@ def test_quiet_prints_only_what_was_asked(repo_copy: Path, tmp_path: Path) -> No
     (["mercure", "push", "--config-dir", "/nonexistent/mercure/config"], "/nonexistent/mercure/config does not exist"),
     (["runners", "register"], "no GitLab token"),
     (["gitlab", "tokens", "rotate"], "no GitLab token"),
+    (["plan", "--site", "/nonexistent/site.yml"], "problem(s) in the site files"),
 ])
 def test_json_format_reports_errors_as_json(args: list[str], says: str) -> None:
     result = cli(*args, "--root", str(REPO_ROOT), "--format", "json",
@@ -227,6 +228,8 @@ def test_json_format_reports_errors_as_json(args: list[str], says: str) -> None:
     stdout = result.stdout
     error = json.loads(stdout[stdout.index("{"):])
     assert says in error["error"], error
+    if "site files" in says:
+        assert error["diagnostics"][0]["message"] == "file not found"
 
 
 def test_verbose_names_the_engine_and_url_it_talks_to(gitlab_emulator) -> None:  # type: ignore[no-untyped-def]
