@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,8 @@ def commit() -> str:
     """The commit this code came from: BIDSFLUX_COMMIT (set when the ops image is built), else git."""
     if os.environ.get("BIDSFLUX_COMMIT"):
         return os.environ["BIDSFLUX_COMMIT"][:12]
+    import subprocess
+
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -72,8 +72,10 @@ def main() -> None:
     """Run a BIDS-flux data stack (GitLab, runners, MinIO, DICOM endpoint) as code.
 
     Options before the subcommand (--site, --root, -q, -v, --connect-timeout) apply to it."""
-    level = {1: logging.INFO}.get(verbosity(), logging.DEBUG if verbosity() > 1 else None)
-    if level is not None:
+    if verbosity() > 0:
+        import logging
+
+        level = logging.INFO if verbosity() == 1 else logging.DEBUG
         logging.basicConfig(level=level, format="%(name)s: %(message)s")
 
 
