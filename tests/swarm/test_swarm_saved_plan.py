@@ -41,3 +41,20 @@ def test_deploy_of_a_saved_plan_refuses_when_files_or_the_swarm_moved(fresh_site
     assert "the live swarm moved since the plan was made" in refused.output
     assert "network create" in refused.output and "no longer planned" in refused.output
     assert not docker_client.services.list(filters={"label": f"com.docker.stack.namespace={site.stack}"})
+
+
+@pytest.mark.integration
+def test_json_results_of_secrets_list_and_deploy(deployed_site: Any) -> None:
+    site = deployed_site
+    listed = site.run("secrets", "list", "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert {r["secret"] for r in rows} >= {"s3_id", "s3_secret"}
+    assert all(r["name"] == f"{site.stack}_{r['secret']}_v{r['version']}" for r in rows)
+    assert not [v for v in site.secret_values().values() if len(v) > 4 and v in listed.output]
+    assert site.run("plan").exit_code == 0, "the session site drifted; this test needs it in sync"
+    deployed = site.run("deploy", "--format", "json")
+    assert deployed.exit_code == 0, deployed.output
+    assert json.loads(deployed.stdout) == {"stack": site.stack, "result": "no change",
+                                           "plan": {"stack": site.stack, "changes": [],
+                                                    "summary": {"create": 0, "update": 0, "remove": 0}}}
