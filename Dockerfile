@@ -6,6 +6,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends docker.io docker-compose git ca-certificates age rclone \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/bidsflux
+# `bidsflux --version` names the commit (the image has no .git): docker build --build-arg BIDSFLUX_COMMIT=$CI_COMMIT_SHA
+ARG BIDSFLUX_COMMIT=""
+ENV BIDSFLUX_COMMIT=$BIDSFLUX_COMMIT
 COPY pyproject.toml README.md ./
 COPY scripts ./scripts
 RUN pip install --no-cache-dir . && bidsflux --version
