@@ -1,4 +1,5 @@
-"""Health of the DICOM endpoint: C-ECHO, and for Mercure its web UI and mercure.json."""
+"""Health of the DICOM endpoint: C-ECHO, and for Mercure the state of each of its services, its web UI
+and mercure.json."""
 
 from __future__ import annotations
 
@@ -33,7 +34,32 @@ def host_port(value: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
-@check("dicom", timeout=15, summary="C-ECHO to the DICOM endpoint; for Mercure also its web UI and mercure.json")
+def mercure_services(ctx: Context, report: Report) -> None:
+    """One finding for Mercure's compose services: each running (and healthy where it has a check)."""
+    from bidsflux.diagnostics import UserError
+    from bidsflux.mercure.compose import project_of, service_states
+
+    base = Path(ctx.site["paths"]["mercure_base"]["path"])
+    if not base.exists():
+        report.warn(f"{base} is not on this host, Mercure's services not checked", "run health on the data server")
+        return
+    project = project_of(ctx.site)
+    report.step = f"docker ps (compose project {project})"
+    try:
+        states = service_states(project)
+    except UserError as exc:
+        report.fail(f"cannot inspect Mercure's containers: {exc}", "run health where the Docker engine answers")
+        return
+    bad = [s for s in states if not s.ok]
+    if bad:
+        report.fail("Mercure services not running: " + "; ".join(f"{s.service}: {', '.join(s.problems)}" for s in bad),
+                    f"docker compose -p {project} logs SERVICE (in {base}); `bidsflux mercure up` starts them")
+    else:
+        report.ok(f"all {len(states)} Mercure services running ({sum(s.containers for s in states)} containers, "
+                  f"project {project})")
+
+
+@check("dicom", timeout=15, summary="C-ECHO to the DICOM endpoint; for Mercure also each service's state, its web UI and mercure.json")
 def check_dicom(ctx: Context, report: Report, timeout: float) -> None:
     from bidsflux.health.dicom import c_echo
 
@@ -59,6 +85,8 @@ def check_dicom(ctx: Context, report: Report, timeout: float) -> None:
             report.fail(f"Mercure web UI {web} answered {resp.status_code}", "docker compose logs ui (in the Mercure folder)")
     except Exception as exc:  # noqa: BLE001
         report.fail(http_problem(exc, web, io), "start Mercure (docker compose up -d in its folder) and check ports.mercure_web")
+
+    mercure_services(ctx, report)
 
     path = Path(ctx.endpoints["mercure_config"])
     report.step = f"read {path}"

@@ -9,7 +9,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from bidsflux.diagnostics import UserError
 from bidsflux.mercure import config as mc
-from bidsflux.mercure.compose import COMPOSE_PROJECT, err
+from bidsflux.mercure.compose import COMPOSE_PROJECT, err, project_of
 from bidsflux.mercure.files import atomic_write, mercure_lock, read_json
 
 
@@ -97,7 +97,8 @@ def push(repo: Any, site: dict[str, Any], rules: Any, config_dir: Path, lock_tim
                 return False
             out.print(mc.diff(live, wanted), end="", markup=False)
             owner = (site["paths"]["mercure_base"].get("uid", 0), site["paths"]["mercure_base"].get("gid", 0))
-            backup = atomic_write(target, mc.dumps(wanted), 0o644, owner if live is None else None)
+            # Not world-readable: it holds the bookkeeper's API key.
+            backup = atomic_write(target, mc.dumps(wanted), 0o600, owner if live is None else None)
     out.print(f"wrote {target}" + (f" (previous version kept as {backup.name})" if backup else ""))
     changed = mc.receiver_changed(live or {}, wanted) if live is not None else []
     if changed:
@@ -105,13 +106,11 @@ def push(repo: Any, site: dict[str, Any], rules: Any, config_dir: Path, lock_tim
             out.print(f"receiver settings changed ({', '.join(changed)}): restart its container to apply them")
         else:
             try:
-                names = restart_receiver()
+                names = restart_receiver(project_of(site))
             except UserError as exc:
                 raise UserError(f"mercure.json was written, but the receiver, which reads {', '.join(changed)} "
                                 f"only at start, was not restarted: {exc}") from None
             out.print(f"receiver settings changed ({', '.join(changed)}); restarted {', '.join(names) or 'no running receiver'}")
     return True
 
-
-# ---- secrets kept in the site's root-only secrets file (KEY=VALUE lines) -----------------------
 

@@ -2,31 +2,25 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sys
-from pathlib import Path
 
 import click
 
 from bidsflux.console import format_option, friendly_errors, root_option, site_option
 from bidsflux.mercure import config as mc
+from bidsflux.mercure import install
 from bidsflux.mercure.apply import check_model, config_dir_of, load_rules, push, report_unmanaged, wanted_config
 from bidsflux.mercure.compose import (
-    BOOKKEEPER_KEY,
+    check_data_volume,
     compose_command,
     err,
-    mercure_owner,
-    prepare_folders,
-    read_secret_file,
     render_mercure_compose,
     run_compose,
     site_data_doc,
-    store_secrets,
     wait_healthy,
-    web_login,
+    write_dotenv,
 )
-from bidsflux.mercure.files import atomic_write, mercure_lock, read_json
+from bidsflux.mercure.files import read_json
 
 
 def register(main: click.Group) -> None:
@@ -103,55 +97,39 @@ def register(main: click.Group) -> None:
     @mercure.command("up")
     @site_option
     @root_option
-    @click.option("--output", type=click.Path(file_okay=False), default=None,
-                  help="Where the rendered compose file goes (default: paths.mercure_base).")
+    @click.option("--project-name", default=None,
+                  help="Compose project name (default: the one of the last `up`, else `mercure`).")
     @click.option("--check-only", is_flag=True,
-                  help="Render, create folders and validate with `compose config`, but start nothing.")
+                  help="Render, create folders and files and validate with `compose config`, but start nothing.")
     @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for health.")
     @friendly_errors
-    def up_cmd(site: str | None, root: str | None, output: str | None, check_only: bool, timeout: float) -> None:
-        """Render Mercure's compose file, create its folders, start it and secure its web login."""
+    def up_cmd(site: str | None, root: str | None, project_name: str | None, check_only: bool, timeout: float) -> None:
+        """Render Mercure's compose project with its env files and generated secrets, start it,
+        wait until every service is healthy, and replace the seed web login."""
+        from bidsflux.mercure.compose import project_of
+
         repo, site_data, rules = load_rules(site, root)
-        base = Path(site_data["paths"]["mercure_base"]["path"])
-        out_dir = Path(output) if output else base
-        out_dir.mkdir(parents=True, exist_ok=True)
-        compose_file = out_dir / "docker-compose.yml"
-        text = render_mercure_compose(repo, site_data_doc(repo))
-        if compose_command() == ["docker-compose"]:
-            # Debian's docker-compose 1.x rejects the top-level `name`; -p gives the project name.
-            import yaml
-
-            from bidsflux.site.render import dump_yaml
-
-            data = yaml.safe_load(text)
-            data.pop("name", None)
-            text = text.splitlines(keepends=True)[0] + dump_yaml(data)
-        compose_file.write_text(text, encoding="utf-8")
-        notes = prepare_folders(site_data, rules)
+        project = project_name or project_of(site_data)
+        v1 = compose_command() == ["docker-compose"]
+        base = install.prepare_folders(site_data)
+        compose_file = base / "docker-compose.yml"
+        text = render_mercure_compose(repo, site_data_doc(repo), v1=v1)
+        vals = install.values(site_data)
         config_dir = base / "config"
-        secret_file = Path(site_data["secrets"]["file"])
-        if not (config_dir / "mercure.json").exists():
-            store_secrets(secret_file, {BOOKKEEPER_KEY: secrets.token_hex(16)})
-            initial = mc.render_config(site_data, rules)
-            initial["bookkeeper_api_key"] = read_secret_file(secret_file)[BOOKKEEPER_KEY]
-            with mercure_lock(config_dir / "mercure.json", 60):
-                atomic_write(config_dir / "mercure.json", mc.dumps(initial), 0o644, mercure_owner(site_data))
-        db_pw = base / "secrets" / "mercure_db_password"
-        if not db_pw.exists():
-            store_secrets(secret_file, {"MERCURE_DB_PASSWORD": secrets.token_urlsafe(24)})
-            fd = os.open(db_pw, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o400)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(read_secret_file(secret_file)["MERCURE_DB_PASSWORD"])
-        user = web_login(site_data, config_dir, 60)
-        run_compose(compose_file, "config", "--quiet")
+        install.install_config(site_data, rules, config_dir, vals, project, v1)
+        notes = install.module_secret_files(site_data, rules)
+        user = install.web_login(site_data, config_dir, vals, 60)
+        if not compose_file.exists() or compose_file.read_text(encoding="utf-8") != text:
+            compose_file.write_text(text, encoding="utf-8")
+        write_dotenv(base, project)
+        run_compose(compose_file, project, "config", "--quiet")
         for n in notes:
             err.print(f"note: {n}")
-        click.echo(f"rendered {compose_file}; folders ready under {base}; web login '{user}' "
-                   f"(password in {secret_file})")
+        click.echo(f"rendered {compose_file} (project {project}); folders and env files ready under {base}; "
+                   f"web login '{user}' (password in {site_data['secrets']['file']})")
         if check_only:
             return
-        run_compose(compose_file, "up", "-d")
-        wait_healthy(timeout)
-        click.echo("Mercure is up and healthy")
-
-
+        check_data_volume(base / "data")
+        run_compose(compose_file, project, "up", "-d", "--remove-orphans")
+        wait_healthy(project, timeout)
+        click.echo(f"Mercure is up: every service of project {project} is running and healthy")

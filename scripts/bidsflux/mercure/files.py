@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,9 +22,29 @@ from typing import Any
 
 from bidsflux.diagnostics import UserError
 
+BACKUPS_KEPT = 5  # timestamped .bak copies kept per file; older ones are removed
+
 
 def lock_path(target: Path) -> Path:
     return target.with_suffix(".lock")
+
+
+def _stale_bidsflux_lock(lock: Path) -> bool:
+    """True when `lock` was left by a bidsflux run on this host that no longer exists (killed).
+    Locks of anyone else (Mercure's web interface) are never judged stale."""
+    try:
+        words = lock.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if len(words) != 5 or words[:2] != ["bidsflux", "pid"] or words[3] != "on" or words[4] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(words[2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -36,6 +57,11 @@ def mercure_lock(target: Path, timeout: float, on_wait: Callable[[float], None] 
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if _stale_bidsflux_lock(lock):
+                # A push killed while holding the lock; Mercure ignores its config until it goes.
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
             waited = time.monotonic() - start
             if waited >= timeout:
                 raise UserError(
@@ -52,7 +78,7 @@ def mercure_lock(target: Path, timeout: float, on_wait: Callable[[float], None] 
         break
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"bidsflux pid {os.getpid()}\n")
+            fh.write(f"bidsflux pid {os.getpid()} on {socket.gethostname()}\n")
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -83,6 +109,7 @@ def atomic_write(target: Path, text: str, mode: int = 0o644, owner: tuple[int, i
             owner = owner or (st.st_uid, st.st_gid)
             backup = backup_name(target)
             shutil.copy2(target, backup)
+            prune_backups(target)
         if owner is not None and os.geteuid() == 0:
             os.chown(tmp, *owner)
         os.replace(tmp, target)
@@ -98,6 +125,16 @@ def atomic_write(target: Path, text: str, mode: int = 0o644, owner: tuple[int, i
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     return backup
+
+
+def prune_backups(target: Path, keep: int = BACKUPS_KEPT) -> list[Path]:
+    """Remove all but the newest `keep` backups of `target` (names sort by their UTC stamp)."""
+    backups = sorted(target.parent.glob(f"{target.name}.*.bak"))
+    old = backups[:-keep] if keep else backups
+    for b in old:
+        with contextlib.suppress(FileNotFoundError):
+            b.unlink()
+    return old
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

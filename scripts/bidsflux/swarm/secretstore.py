@@ -1,12 +1,15 @@
-"""Versioned docker secrets owned by bidsflux: naming, labels and the current versions.
+"""Secret values: versioned docker secrets owned by bidsflux, and the root-only values file (its only
+writer, under a lock) with the files that mirror its values.
 
 Docker secrets are immutable, so every value lives in its own object named
 <stack>_<logical>_v<N> and labelled as ours; the highest version present is the current one."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,26 +106,54 @@ def read_values_file(path: str | os.PathLike[str]) -> dict[str, str]:
     import shlex
 
     p = Path(path)
-    if not p.exists():
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror}; run as root") from None
     out = {}
-    for token in shlex.split(p.read_text(encoding="utf-8"), comments=True):
+    try:
+        tokens = shlex.split(text, comments=True)
+    except ValueError as exc:
+        raise UserError(f"{p} is not in NAME='value' form ({exc}); restore it from its backup") from None
+    for token in tokens:
         if "=" in token:
             k, v = token.split("=", 1)
             out[k] = v
     return out
 
 
-def write_values_file(path: str | os.PathLike[str], updates: dict[str, str]) -> None:
-    """Merge `updates` into the values file, atomically and readable by root only (0600).
-
-    Written before the docker secret exists, so a value is never lost when a run is killed."""
-    import shlex
-    import tempfile
+@contextlib.contextmanager
+def values_lock(path: str | os.PathLike[str], timeout: float = 60.0) -> Iterator[None]:
+    """Exclusive lock for the values file (flock on `<file>.lock`, held across read-modify-write):
+    the file itself is replaced by rename, so it cannot carry the lock."""
+    import fcntl
+    import time
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    values = {**read_values_file(p), **updates}
+    fd = os.open(f"{p}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{p}.lock is held by another bidsflux run for more than {timeout:g}s; "
+                                    "nothing was written, retry when it has finished") from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _write_locked(p: Path, values: dict[str, str]) -> None:
+    import shlex
+    import tempfile
+
     text = "# bidsflux secret values (current versions). Root only; never commit or paste.\n" + "".join(
         f"{k}={shlex.quote(v)}\n" for k, v in sorted(values.items()))
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".secrets-")
@@ -136,6 +167,99 @@ def write_values_file(path: str | os.PathLike[str], updates: dict[str, str]) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_values_file(path: str | os.PathLike[str], updates: dict[str, str]) -> None:
+    """Merge `updates` into the values file, atomically, under its lock, readable by root only (0600),
+    then rewrite the files that mirror a changed value (see `add_mirror`).
+
+    Written before the docker secret exists, so a value is never lost when a run is killed."""
+    p = Path(path)
+    with values_lock(p):
+        values = {**read_values_file(p), **updates}
+        _write_locked(p, values)
+        sync_mirrors(p, values)
+
+
+def ensure_values(path: str | os.PathLike[str], wanted: Mapping[str, Callable[[], str]]) -> dict[str, str]:
+    """All values, with each missing key of `wanted` generated and stored first (one locked
+    read-modify-write, so concurrent runs agree on one value and lose none)."""
+    p = Path(path)
+    with values_lock(p):
+        values = read_values_file(p)
+        missing = {k: make() for k, make in wanted.items() if k not in values}
+        if missing:
+            values.update(missing)
+            _write_locked(p, values)
+            sync_mirrors(p, values)
+        return values
+
+
+# ------------------------------------------------------------- files that mirror a value (module secrets)
+
+
+def _mirrors_path(p: Path) -> Path:
+    return p.with_name(p.name + ".mirrors.json")
+
+
+def add_mirror(path: str | os.PathLike[str], file: str | os.PathLike[str], key: str, owner: tuple[int, int],
+               mode: int = 0o400) -> bool:
+    """Keep `file` equal to the value of `key` from now on (rewritten atomically whenever the value
+    changes, by whoever writes it); writes it now. False when the value does not exist yet."""
+    import json
+
+    p = Path(path)
+    with values_lock(p):
+        mp = _mirrors_path(p)
+        mirrors = json.loads(mp.read_text(encoding="utf-8")) if mp.exists() else {}
+        entry = {"key": key, "uid": owner[0], "gid": owner[1], "mode": mode}
+        if mirrors.get(str(file)) != entry:
+            mirrors[str(file)] = entry
+            fd = os.open(f"{mp}.tmp", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(mirrors, fh, indent=1, sort_keys=True)
+            os.replace(f"{mp}.tmp", mp)
+        values = read_values_file(p)
+        sync_mirrors(p, values)
+        return key in values
+
+
+def sync_mirrors(p: Path, values: Mapping[str, str]) -> list[str]:
+    """Rewrite each mirror file whose content differs from its value (call under the lock).
+    Temporary file, fsync, rename: a module container started at any moment mounts the old or
+    the new file, never a partial one."""
+    import json
+
+    mp = _mirrors_path(p)
+    if not mp.exists():
+        return []
+    changed = []
+    for file, entry in json.loads(mp.read_text(encoding="utf-8")).items():
+        value = values.get(entry["key"])
+        target = Path(file)
+        if value is None or not target.parent.is_dir():
+            continue
+        try:
+            if target.read_text(encoding="utf-8") == value:
+                continue
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(value)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if os.geteuid() == 0:
+                os.chown(tmp, int(entry["uid"]), int(entry["gid"]))
+            os.chmod(tmp, int(entry["mode"]))
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        changed.append(str(target))
+    return changed
 
 
 def create_secret(client, stack: str, logical: str, version: int, value: str) -> str:  # type: ignore[no-untyped-def]
