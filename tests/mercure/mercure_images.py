@@ -61,7 +61,7 @@ def _hash(*parts: bytes) -> str:
 
 def _asset_bytes() -> bytes:
     return b"".join(p.relative_to(ASSETS).as_posix().encode() + p.read_bytes()
-                    for p in sorted(ASSETS.rglob("*")) if p.is_file())
+                    for p in sorted(ASSETS.rglob("*")) if p.is_file() and p.suffix != ".md")
 
 
 def _replace(text: str, old: str, new: str, where: str) -> str:

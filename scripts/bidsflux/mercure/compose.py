@@ -130,6 +130,7 @@ class ServiceState:
     containers: int
     wanted: int
     problems: tuple[str, ...]  # one per container not running and healthy, or for missing ones
+    restarts: int = 0  # restarts of its containers so far (a crash loop may look "running" at times)
 
     @property
     def ok(self) -> bool:
@@ -161,7 +162,8 @@ def service_states(project: str, client: Any = None) -> list[ServiceState]:
         count = len(found.get(service, []))
         if count < wanted:
             problems.append(f"{wanted - count} of {wanted} container(s) missing")
-        out.append(ServiceState(service, count, wanted, tuple(problems)))
+        restarts = sum(int(c.attrs.get("RestartCount") or 0) for c in found.get(service, []))
+        out.append(ServiceState(service, count, wanted, tuple(problems), restarts))
     return out
 
 
@@ -169,15 +171,22 @@ def wait_healthy(project: str, timeout: float) -> None:
     start = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as p:
         task = p.add_task("waiting for Mercure's containers to be running and healthy")
+        previous: dict[str, int] = {}
         while True:
-            pending = [s for s in service_states(project) if not s.ok]
-            if not pending:
+            states = service_states(project)
+            restarts = {s.service: s.restarts for s in states}
+            looping = [k for k, n in restarts.items() if k in previous and n != previous[k]]
+            problems = [f"{s.service}: {', '.join(s.problems)}" for s in states if not s.ok]
+            problems += [f"{k}: restarted {restarts[k] - previous[k]} time(s) in 2s" for k in looping]
+            # Done when everything runs through two polls without a restart in between.
+            if not problems and previous:
                 return
             if time.monotonic() - start > timeout:
-                raise UserError(f"Mercure not healthy after {timeout:g}s: "
-                                + "; ".join(f"{s.service}: {', '.join(s.problems)}" for s in pending)
+                raise UserError(f"Mercure not healthy after {timeout:g}s: " + "; ".join(problems)
                                 + f"; see `docker compose -p {project} logs SERVICE`")
-            p.update(task, description=f"waiting for {', '.join(s.service for s in pending)} ({timeout:g}s timeout)")
+            previous = restarts
+            waiting = [s.service for s in states if not s.ok] + looping
+            p.update(task, description=f"waiting for {', '.join(waiting) or 'a second look'} ({timeout:g}s timeout)")
             time.sleep(2)
 
 

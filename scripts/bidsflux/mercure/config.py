@@ -140,6 +140,7 @@ MERCURE_IN_DIR = "/tmp/data"
 # rules.yml settings -> top-level mercure.json keys bidsflux manages.
 SETTING_KEYS = {
     ("receiver", "port"): "port",
+    ("receiver", "accept_compressed_images"): "accept_compressed_images",
     ("series_complete_trigger",): "series_complete_trigger",
     ("study_complete_trigger",): "study_complete_trigger",
     ("study_forcecomplete_trigger",): "study_forcecomplete_trigger",
