@@ -61,7 +61,7 @@ def restart_receiver(project: str = COMPOSE_PROJECT) -> list[str]:
         found = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",
                                                           "com.docker.compose.service=receiver"]})
         for c in found:
-            c.restart(timeout=30)
+            c.restart(timeout=10)  # docker's default stop timeout; receiver.sh (PID 1) ignores SIGTERM
     except APIError as exc:
         raise UserError(f"cannot restart Mercure's receiver: {exc.explanation or exc}") from None
     return [c.name for c in found]
