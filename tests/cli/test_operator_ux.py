@@ -114,7 +114,7 @@ def test_every_command_a_message_or_the_readme_names_exists() -> None:
                     continue
                 options = {o for p in cmd.params for o in getattr(p, "opts", [])} | {
                     o for p in main.params for o in getattr(p, "opts", [])} | {"--help"}
-                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest.split(";")[0].split(" # ")[0]):
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", re.split(r"[;|&>#]", rest)[0]):
                     if option not in options:
                         wrong.append(f"{path.name}: bidsflux {name} {option}")
     assert wrong == [], wrong
