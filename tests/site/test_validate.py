@@ -109,7 +109,8 @@ def test_unsafe_rule_expression_is_rejected(repo_copy: Path) -> None:
 
 
 def test_rendered_stack_checked_against_compose_spec(repo_copy: Path) -> None:
-    edit(repo_copy, "stack/bidsflux.stack.yml", "    shm_size: 256m", "    shm_size: 256m\n    stop_signal: [SIGTERM]")
+    edit(repo_copy, "stack/bidsflux.stack.yml", "    networks: [bidsflux]\n    healthcheck:\n      test: [\"CMD\", \"/opt/gitlab",
+         "    networks: [bidsflux]\n    stop_signal: [SIGTERM]\n    healthcheck:\n      test: [\"CMD\", \"/opt/gitlab")
     found = problems(repo_copy)
     assert any(p["message"].startswith("rendered stack:") and p["key"].startswith("services.gitlab") for p in found), found
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bidsflux.health.context import (
@@ -14,6 +14,8 @@ from bidsflux.health.core import (
     Report,
     check,
 )
+from bidsflux.site.render import role_label
+from bidsflux.swarm.nodes import Node, desired_node_roles, observe_nodes, swarm_services_of_role
 
 NON_SWARM_SERVICES = {"mercure"}
 
@@ -38,11 +40,57 @@ def _task_error(task: Mapping[str, Any]) -> str:
     return err or f"{status.get('State', '?')}: {msg}"
 
 
+def check_nodes(site: Mapping[str, Any], stack: str, nodes: list[Node], report: Report) -> None:
+    """Nodes ready, the roles site.yml gives them, and which services lost their node when one is down."""
+    wanted = desired_node_roles(site)
+    usable_roles = {r for n in nodes if n.usable for r in n.roles}
+
+    def lost(roles: Iterable[str]) -> list[str]:
+        return [f"{stack}_{s}" for r in sorted(set(roles)) if r not in usable_roles for s in swarm_services_of_role(site, r)]
+
+    explained: set[str] = set()
+    ready_hosts = {n.hostname for n in nodes if n.state == "ready"}
+    for node in nodes:
+        roles = set(node.roles) | set((wanted or {}).get(node.hostname, []))
+        if node.state != "ready":
+            if node.hostname in ready_hosts:
+                # The same server joined again: this is the entry it left behind.
+                report.warn(f"node {node.hostname} has a stale {node.state} entry ({node.id[:12]})",
+                            f"docker node rm {node.id[:12]}")
+                continue
+            without = lost(roles)
+            explained.update(r for r in roles if r not in usable_roles)
+            report.fail(f"node {node.hostname} is {node.state}" + (f" ({', '.join(sorted(roles))})" if roles else "")
+                        + (f"; services without a node: {', '.join(without)}" if without else
+                           "; no service lost its node"),
+                        f"bring node {node.hostname} back (docker node ls; systemctl status docker on it)")
+        elif node.availability != "active":
+            report.warn(f"node {node.hostname} is {node.availability}",
+                        f"docker node update --availability active {node.hostname}")
+        if wanted is not None and node.state == "ready" and node.hostname in wanted and sorted(node.roles) != wanted[node.hostname]:
+            report.warn(f"node {node.hostname} carries roles [{', '.join(node.roles)}], site.yml gives it "
+                        f"[{', '.join(wanted[node.hostname])}]", "bidsflux deploy (it sets the role labels)")
+    for host, roles in sorted((wanted or {}).items()):
+        if host not in {n.hostname for n in nodes}:
+            without = lost(roles)
+            explained.update(r for r in roles if r not in usable_roles)
+            report.fail(f"node {host} (nodes in site.yml) is not in the swarm"
+                        + (f"; services without a node: {', '.join(without)}" if without else ""),
+                        f"join it: ./scripts/bootstrap.sh --join ... on {host} (bidsflux swarm join-command on the manager)")
+    for role in sorted(r for r, svcs in site["roles"].items() if svcs and swarm_services_of_role(site, r)):
+        if role not in usable_roles and role not in explained:
+            report.fail(f"no ready node carries {role_label(role)}=true; services without a node: {', '.join(lost([role]))}",
+                        "bidsflux deploy (it labels the nodes of site.yml), or docker node update --label-add "
+                        f"{role_label(role)}=true <node>")
+    ready = [n for n in nodes if n.usable]
+    if ready:
+        report.ok(f"{len(ready)} node(s) ready: {', '.join(n.hostname for n in ready)}")
+
+
 @check("swarm", timeout=20, summary="nodes ready and labelled, services at desired replicas, no restart loops, overlay network")
 def check_swarm(ctx: Context, report: Report, timeout: float) -> None:
     from docker.errors import APIError
 
-    from bidsflux.site.render import role_label
     from bidsflux.swarm.secretstore import docker_client
 
     stack = ctx.site["site"]["name"]
@@ -57,26 +105,7 @@ def check_swarm(ctx: Context, report: Report, timeout: float) -> None:
         return
 
     report.step = "docker node ls"
-    nodes = client.nodes.list()
-    ready_labels: list[dict[str, str]] = []
-    for node in nodes:
-        spec, state = node.attrs.get("Spec") or {}, node.attrs.get("Status") or {}
-        host = (node.attrs.get("Description") or {}).get("Hostname", node.id[:12])
-        if state.get("State") != "ready":
-            report.fail(f"node {host} is {state.get('State')}" + (f": {state['Message']}" if state.get("Message") else ""),
-                        f"bring node {host} back (docker node ls, journalctl -u docker on it)")
-            continue
-        if spec.get("Availability") != "active":
-            report.warn(f"node {host} is {spec.get('Availability')}", f"docker node update --availability active {host}")
-            continue
-        ready_labels.append(spec.get("Labels") or {})
-    for role, services in ctx.site["roles"].items():
-        label = role_label(role)
-        if services and not any(labels.get(label) == "true" for labels in ready_labels):
-            report.fail(f"no ready node carries {label}=true (needed by {', '.join(services)})",
-                        f"docker node update --label-add {label}=true <node>")
-    if ready_labels:
-        report.ok(f"{len(ready_labels)} node(s) ready")
+    check_nodes(ctx.site, stack, observe_nodes(client.api.nodes()), report)
 
     report.step = "docker service ls"
     services = {s.name: s for s in client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"})}

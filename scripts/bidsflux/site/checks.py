@@ -17,6 +17,7 @@ from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.site import schemas
 from bidsflux.site.render import NON_SWARM_SERVICES, ROLE_LABEL_PREFIX, render_stack, secret_catalog
 from bidsflux.site.repository import Repository
+from bidsflux.site.topology import check_topology
 from bidsflux.site.yamlsource import Document, load
 
 # What the dicom_indexer puts into its templates (see DESIGN.md).
@@ -363,12 +364,27 @@ def _ci_docs(repo: Repository, out: list[Diagnostic]) -> list[Document]:
     return docs
 
 
+def _bind_roles(site: Mapping[str, Any], rendered: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Role -> its services that bind-mount a folder under paths.* (their data lives on one host)."""
+    roots = [Path(e["path"]) for entry in site["paths"].values() for e in (entry if isinstance(entry, list) else [entry])]
+    out: dict[str, list[str]] = {}
+    for role, services in site["roles"].items():
+        for name in services:
+            volumes = ((rendered.get("services") or {}).get(name) or {}).get("volumes") or []
+            if any(isinstance(v, dict) and v.get("type") == "bind" and
+                   any(r == Path(v["source"]) or r in Path(v["source"]).parents for r in roots) for v in volumes):
+                out.setdefault(role, []).append(name)
+    return out
+
+
 def _rendered_checks(repo: Repository, site: Document, template: Document, out: list[Diagnostic]) -> None:
     try:
         rendered = render_stack(site.data, template)
     except UserError as exc:
         out.extend(exc.diagnostics)
+        check_topology(site, {}, out)
         return
+    check_topology(site, _bind_roles(site.data, rendered.data), out)
     doc = Document(path=Path("<rendered stack>"), display="<rendered stack>", raw=None, data=rendered.data)
     for d in schemas.check_vendor(doc, "compose-spec"):
         # The rendered file has no lines of its own: point at the template key instead.

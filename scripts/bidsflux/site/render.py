@@ -86,11 +86,27 @@ def indexer_command(site: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in args) + " #p"
 
 
+_SIZE = re.compile(r"^(\d+)([kmg]?)$", re.I)
+DEFAULT_GITLAB_SHM = "256m"
+
+
+def size_bytes(value: int | str) -> int:
+    """A size as site.yml writes it (bytes, or a number with k, m or g; binary units) in bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE.match(str(value).strip())
+    if not m:
+        raise UserError(f"'{value}' is not a size (write e.g. 256m or 1g)")
+    return int(m.group(1)) * 1024 ** "_kmg".index((m.group(2) or "_").lower())
+
+
 def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str]) -> dict[str, Any]:
     disks = site["paths"]["minio_disks"]
     targets = [f"/data{i + 1}" for i in range(len(disks))]
     return {
         **site,
+        # The compose file of docker 20.10's stack deploy takes a tmpfs size in bytes only.
+        "gitlab_shm_bytes": size_bytes((site.get("resources") or {}).get("gitlab_shm_size", DEFAULT_GITLAB_SHM)),
         "minio_volumes": [
             {"type": "bind", "source": d["path"], "target": t} for d, t in zip(disks, targets, strict=True)
         ],

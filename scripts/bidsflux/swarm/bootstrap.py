@@ -40,27 +40,25 @@ def init_swarm(client: Any, site: dict[str, Any]) -> bool:
     return True
 
 
-def run_preflight(ctx: SwarmContext, create_dirs: bool, console: Console) -> None:
+def run_preflight(ctx: SwarmContext, create_dirs: bool, console: Console,
+                  confirm: Callable[[str], None] | None = None) -> None:
     site, rendered = ctx.site, ctx.rendered.data
     findings: list[preflight.Finding] = []
     findings += preflight.check_engine(ctx.client)
     findings += preflight.check_privileges()
     findings += preflight.check_swarm(ctx.client)
     dirs = preflight.data_dirs(site, rendered)
+    missing = [d for d in dirs if not d.path.exists()]
+    if create_dirs and missing and confirm is not None:
+        confirm(f"bootstrap will create {len(missing)} data folder(s) with the owner and mode of site.yml: "
+                + ", ".join(f"{d.path} ({d.uid}:{d.gid} {d.mode:04o})" for d in missing))
     findings += preflight.check_dirs(dirs, create_dirs)
     ours = _ports_held_by_stack(ctx)
     findings += preflight.check_ports(preflight.published_ports(rendered), ours)
     health = site.get("health") or {}
     findings += preflight.check_disk(dirs, int(health.get("disk_warn_percent", 80)), int(health.get("disk_fail_percent", 90)))
     findings += preflight.check_tools()
-    table = Table(title="preflight")
-    for col in ("check", "result", "detail"):
-        table.add_column(col, overflow="fold")
-    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
-    for f in findings:
-        table.add_row(f.check, Text(f.level, style=colour[f.level]), f.message + (f"\nfix: {f.fix}" if f.fix else ""))
-    console.print(table)
-    failed = [f for f in findings if f.level == "fail"]
+    failed = preflight.print_findings(findings, console)
     if failed:
         raise UserError("preflight failed; nothing was changed:\n" + "\n".join(f"  - {f}" for f in failed))
 
@@ -96,7 +94,7 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
     """`ctx_factory()` loads site, template and engine; it is called again after swarm init so
     secret versions are read from the new swarm."""
     ctx: SwarmContext = ctx_factory()
-    run_preflight(ctx, create_dirs, console)
+    run_preflight(ctx, create_dirs, console, confirm)
     state, _ = preflight.swarm_state(ctx.client)
     if state != "active":
         confirm(f"bootstrap will initialise a swarm on this host and deploy the stack {ctx.stack}")
@@ -107,7 +105,9 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
         changes.append(f"initialised a swarm (advertise {ctx.site['swarm']['advertise_addr']}, data path port "
                        f"{ctx.site['swarm'].get('data_path_port', 4789)})")
         ctx = ctx_factory()
-    console.print(f"worker join command (run on the processing server): {join_command(ctx.client, ctx.site['swarm']['advertise_addr'])}",
+    join = join_command(ctx.client, ctx.site['swarm']['advertise_addr'])
+    console.print(f"worker join command (run on the processing server): {join}\n"
+                  f"  or from this repository there: ./scripts/bootstrap.sh --join {join.removeprefix('docker swarm join ')}",
                   highlight=False, markup=False)
     plan = ctx.plan()
     if not plan.empty:

@@ -1,4 +1,4 @@
-"""Swarm commands: bootstrap, plan, deploy, secrets rotate|gc|list, swarm join-command."""
+"""Swarm commands: bootstrap, plan, deploy, secrets rotate|gc|list, swarm join-command|join."""
 
 from __future__ import annotations
 
@@ -264,6 +264,37 @@ def register(main: click.Group) -> None:
         if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
             raise UserError("this node is not a swarm manager; run bidsflux bootstrap first (or run this on the manager)")
         click.echo(join_command(client))
+        click.echo("or, from this repository on the processing server (installs what it needs, checks, joins):")
+        click.echo("./scripts/bootstrap.sh --join " + join_command(client).removeprefix("docker swarm join "))
+
+    @swarm.command("join")
+    @click.option("--token", envvar="BIDSFLUX_JOIN_TOKEN", required=True,
+                  help="The worker join token the manager printed (or BIDSFLUX_JOIN_TOKEN).")
+    @click.argument("manager")
+    @click.option("--advertise-addr", default=None, help="Address of this server the others reach (default: Docker's choice).")
+    @click.option("--create-dirs", is_flag=True, help="Create missing data folders of this node's roles (owner and mode from site.yml).")
+    @click.option("--yes", is_flag=True, help="Do not ask before changing this host.")
+    @site_option
+    @root_option
+    @friendly_errors
+    def join_cmd(token: str, manager: str, advertise_addr: str | None, create_dirs: bool, yes: bool,
+                 site: str | None, root: str | None) -> None:
+        """Join this server to the site's swarm as a worker (run on the processing server).
+
+        MANAGER is HOST:2377 from the manager's join command. A preflight checks Docker, the ports
+        between the servers and the folders of this node's roles (nodes in site.yml) first; the
+        manager's next `bidsflux deploy` then places this node's services here."""
+        from bidsflux.site.render import render_stack
+        from bidsflux.site.repository import open_repository
+        from bidsflux.swarm.join import run_join
+        from bidsflux.swarm.secretstore import docker_client
+        from bidsflux.validation import load_valid
+
+        repo = open_repository(site, root)
+        site_doc, template = load_valid(repo)
+        rendered = render_stack(site_doc.data, template)
+        sys.exit(run_join(docker_client(), site_doc.data, rendered.data, token, manager, advertise_addr, create_dirs,
+                          _console(), lambda what: _confirm_or_yes(yes, what)))
 
     @swarm.command("apply-rendered", hidden=True)
     @click.option("--stack", required=True)

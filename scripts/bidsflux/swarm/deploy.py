@@ -20,11 +20,17 @@ from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document
 from bidsflux.swarm.engine import (
     ServiceOutcome,
-    add_node_label,
     ensure_network,
-    local_node_id,
     stack_deploy,
     wait_for_services,
+)
+from bidsflux.swarm.nodes import (
+    LabelChange,
+    apply_label_changes,
+    observe_nodes,
+    roles_without_node,
+    swarm_services_of_role,
+    wait_for_placement,
 )
 from bidsflux.swarm.plan import DesiredState, ObservedState, Plan, desired, diff, format_plan, observe
 from bidsflux.swarm.secretstore import create_secret, docker_client, generate_value, write_values_file
@@ -93,15 +99,11 @@ def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list
     for c in plan.of("network", "create"):
         ensure_network(ctx.client, c.name, ctx.site["swarm"]["network"]["subnet"])
         done.append(f"created attachable overlay network {c.name} ({ctx.site['swarm']['network']['subnet']})")
-    labels = plan.of("node_label", "create")
+    labels = plan.of("node_label")
     if labels:
         if any(c.name.startswith("?") for c in labels):
             raise UserError("; ".join(c.note for c in labels if c.note))
-        node = local_node_id(ctx.client)
-        for c in labels:
-            key = c.fields["label"]["desired"].split("=", 1)[0]
-            add_node_label(ctx.client, node, key)
-            done.append(f"labelled node {c.name.split(':')[0]} with {key}=true")
+        done += apply_label_changes(ctx.client, label_changes_of(plan))
     missing = plan.of("secret", "create")
     if missing:
         catalog = secret_catalog(ctx.template.data)
@@ -119,6 +121,34 @@ def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list
             done.append(f"created secret {c.name}")
         done.append(f"wrote {len(values)} new value(s) to {ctx.site['secrets']['file']} (0600)")
     return done
+
+
+def label_changes_of(plan: Plan) -> list[LabelChange]:
+    out = []
+    for c in plan.of("node_label"):
+        host, label = c.name.split(": ", 1)
+        role = label.split("=", 1)[0].removeprefix("bidsflux.role.")
+        out.append(LabelChange(host, role, c.action, []))
+    return out
+
+
+def moved_services(ctx: SwarmContext, plan: Plan) -> dict[str, str]:
+    """Full service name -> role, for services whose role's labels this plan changes."""
+    roles = {lc.role for lc in label_changes_of(plan)}
+    return {f"{ctx.stack}_{s}": role for role in sorted(roles) for s in swarm_services_of_role(ctx.site, role)
+            if f"{ctx.stack}_{s}" in ctx.desired().services}
+
+
+def services_without_node(ctx: SwarmContext, console: Console) -> set[str]:
+    """Services no usable node can take now (a role on a node that has not joined or is down):
+    deploy creates them, but waiting for them would only time out."""
+    out = set()
+    for role, services in roles_without_node(ctx.site, observe_nodes(ctx.client.api.nodes())).items():
+        names = [f"{ctx.stack}_{s}" for s in services]
+        out.update(names)
+        console.print(f"[yellow]warning[/]: no ready node carries {role} yet: {', '.join(names)} start when one does "
+                      "(join the node named for it under nodes in site.yml, then deploy again)")
+    return out
 
 
 # ---------------------------------------------------------------- waiting with progress
@@ -151,13 +181,32 @@ def outcome_table(outcomes: list[ServiceOutcome]) -> Table:
 
 
 def deploy_services(ctx: SwarmContext, plan: Plan, timeout: float, console: Console) -> list[ServiceOutcome]:
+    """`docker stack deploy` when services differ, then wait for them and for the services whose
+    role moved to other nodes (the swarm reschedules those by itself once labels change)."""
     changed = [c.name for c in plan.service_changes if c.action in ("create", "update")]
-    if not plan.service_changes:
+    moved = moved_services(ctx, plan)
+    if not plan.service_changes and not moved:
         return []
     started = time.time()
-    console.print(f"docker stack deploy --prune {ctx.stack} ({len(changed)} service(s) to create or update)")
-    stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
-    return wait_with_progress(ctx, changed, started, timeout, console)
+    unplaced = services_without_node(ctx, console)
+    outcomes: list[ServiceOutcome] = []
+    if plan.service_changes:
+        console.print(f"docker stack deploy --prune {ctx.stack} ({len(changed)} service(s) to create or update)")
+        stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
+        outcomes = wait_with_progress(ctx, [n for n in changed if n not in unplaced], started, timeout, console)
+    to_place = {n: r for n, r in moved.items() if n not in unplaced}
+    if to_place:
+        remaining = max(30.0, timeout - (time.time() - started))
+        with console.status("waiting for services to run on their role's nodes") as status:
+            placed = wait_for_placement(ctx.client, to_place, remaining,
+                                        lambda name, text: status.update(f"{name}: {text}"))
+        done = {o.name for o in outcomes}
+        for name, (ok, text) in placed.items():
+            if name in done and ok:
+                continue
+            outcomes = [o for o in outcomes if o.name != name]
+            outcomes.append(ServiceOutcome(name, ok, "placed" if ok else "not placed", text))
+    return outcomes
 
 
 def report_failures(outcomes: list[ServiceOutcome], console: Console) -> bool:
@@ -286,6 +335,8 @@ def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping
     plan = ctx.plan()
     if plan.empty:
         console.print("No changes. Nothing was deployed; no task was restarted.")
+        for w in plan.warnings:
+            console.print(f"warning: {w}", highlight=False, markup=False)
         return 0
     for line in format_plan(plan):
         console.print(line, highlight=False, markup=False)

@@ -1,4 +1,4 @@
-"""Acting on the engine: `docker stack deploy`, the overlay network, node labels, and waiting on services."""
+"""Acting on the engine: `docker stack deploy`, the overlay network, and waiting on services (node labels: nodes.py)."""
 
 from __future__ import annotations
 
@@ -41,17 +41,6 @@ def ensure_network(client: Any, name: str, subnet: str) -> None:
     client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
                            ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]),
                            labels={LABEL_MANAGED: "true", NETWORK_LABEL: name})
-
-
-def local_node_id(client: Any) -> str:
-    return client.info()["Swarm"]["NodeID"]
-
-
-def add_node_label(client: Any, node_id: str, key: str, value: str = "true") -> None:
-    node = client.nodes.get(node_id)
-    spec = dict(node.attrs["Spec"])
-    spec["Labels"] = {**(spec.get("Labels") or {}), key: value}
-    node.update(spec)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bidsflux.diagnostics import UserError
-from bidsflux.site.render import ROLE_LABEL_PREFIX, RenderedStack, role_label
+from bidsflux.site.render import RenderedStack, role_label
+from bidsflux.swarm.nodes import Node, label_changes, observe_nodes
 from bidsflux.swarm.secretstore import LABEL_MANAGED, LABEL_SECRET, LABEL_STACK, LABEL_VERSION
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -135,7 +136,9 @@ def desired_service(name: str, svc: Mapping[str, Any], top: Mapping[str, Any]) -
     mounts = []
     for v in svc.get("volumes") or []:
         if isinstance(v, dict):
-            mounts.append(f"{v.get('type', 'volume')}:{v.get('source', '')}:{v['target']}{':ro' if v.get('read_only') else ''}")
+            size = (v.get("tmpfs") or {}).get("size")
+            mounts.append(f"{v.get('type', 'volume')}:{v.get('source', '')}:{v['target']}{':ro' if v.get('read_only') else ''}"
+                          + (f":size={size_bytes(size)}" if size is not None else ""))
         else:
             parts = str(v).split(":")
             ro = len(parts) > 2 and "ro" in parts[2].split(",")
@@ -155,6 +158,7 @@ class DesiredState:
     roles: list[str]  # role labels some node must carry
     secrets: dict[str, str]  # logical -> versioned docker name
     compose: dict[str, Any]  # the rendered stack file
+    placement: dict[str, Any] = field(default_factory=dict)  # site.yml's roles and nodes
 
 
 def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
@@ -166,7 +170,8 @@ def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
     used_roles = sorted({role for role, svcs in site["roles"].items() if svcs})
     net = site["swarm"]["network"]
     return DesiredState(stack, services, {"name": net["name"], "subnet": net["subnet"]}, used_roles,
-                        dict(rendered.secrets), rendered.data)
+                        dict(rendered.secrets), rendered.data,
+                        {"roles": site["roles"], "nodes": site.get("nodes")})
 
 
 # ---------------------------------------------------------------- observed (from the engine)
@@ -216,6 +221,7 @@ def observed_service(spec: Mapping[str, Any], short_name: str, network_names: Ma
                               "start_period": ns_seconds(hc.get("StartPeriod"))}
     out["mounts"] = sorted(
         f"{m.get('Type', 'volume')}:{m.get('Source', '')}:{m.get('Target')}{':ro' if m.get('ReadOnly') else ''}"
+        + (f":size={m['TmpfsOptions']['SizeBytes']}" if (m.get("TmpfsOptions") or {}).get("SizeBytes") else "")
         for m in cs.get("Mounts") or []
     )
     out["memory_limit"] = ((tt.get("Resources") or {}).get("Limits") or {}).get("MemoryBytes")
@@ -228,9 +234,10 @@ class ObservedState:
     services: dict[str, dict[str, Any]]  # full name -> normalised spec
     service_ids: dict[str, str]
     network: dict[str, Any] | None  # name, subnet, attachable, driver; None when missing
-    node_roles: dict[str, list[str]]  # node hostname -> role labels it carries
+    node_roles: dict[str, list[str]]  # node hostname -> role labels it carries (nodes not down)
     node_count: int
     secrets: dict[str, dict[str, Any]]  # docker name -> {id, logical, version, ours}
+    nodes: list[Node] = field(default_factory=list)  # every node, with state and role labels
 
 
 def observe(client: Any, stack: str, network_name: str) -> ObservedState:
@@ -259,14 +266,8 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
         short = spec["Name"][len(stack) + 1:] if spec["Name"].startswith(stack + "_") else spec["Name"]
         services[spec["Name"]] = observed_service(spec, short, names)
         ids[spec["Name"]] = s["ID"]
-    node_roles = {}
-    for n in nodes:
-        if (n.get("Status") or {}).get("State") == "down":
-            continue
-        labels = (n.get("Spec") or {}).get("Labels") or {}
-        host = (n.get("Description") or {}).get("Hostname") or n["ID"]
-        node_roles[host] = sorted(k[len(ROLE_LABEL_PREFIX):] for k, v in labels.items()
-                                  if k.startswith(ROLE_LABEL_PREFIX) and v == "true")
+    all_nodes = observe_nodes(nodes)
+    node_roles = {n.hostname: n.roles for n in all_nodes if n.state != "down"}
     observed_secrets = {}
     for s in secrets:
         labels = (s.get("Spec") or {}).get("Labels") or {}
@@ -277,7 +278,7 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
             version = 0
         observed_secrets[s["Spec"]["Name"]] = {"id": s["ID"], "logical": labels.get(LABEL_SECRET), "version": version,
                                                "ours": ours, "created": s.get("CreatedAt", "")}
-    return ObservedState(stack, services, ids, network, node_roles, len(nodes), observed_secrets)
+    return ObservedState(stack, services, ids, network, node_roles, len(nodes), observed_secrets, all_nodes)
 
 
 # ---------------------------------------------------------------- diff and plan
@@ -296,6 +297,7 @@ class Change:
 class Plan:
     stack: str
     changes: list[Change]
+    warnings: list[str] = field(default_factory=list)  # what no apply can fix (a node that has not joined)
 
     @property
     def empty(self) -> bool:
@@ -309,7 +311,7 @@ class Plan:
         return self.of("service")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stack": self.stack, "changes": [asdict(c) for c in self.changes],
+        return {"stack": self.stack, "changes": [asdict(c) for c in self.changes], "warnings": list(self.warnings),
                 "summary": {a: sum(1 for c in self.changes if c.action == a) for a in ("create", "update", "remove")}}
 
     def to_json(self) -> str:
@@ -356,6 +358,7 @@ def diff_service(want: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, 
 
 def diff(want: DesiredState, live: ObservedState) -> Plan:
     changes: list[Change] = []
+    warnings: list[str] = []
     net = want.network
     if live.network is None:
         changes.append(Change("network", "create", net["name"],
@@ -371,14 +374,19 @@ def diff(want: DesiredState, live: ObservedState) -> Plan:
             changes.append(Change("network", "update", net["name"], fields,
                                   "a swarm network cannot change in place: remove the stack's use of it, then "
                                   "`docker network rm` it and deploy again"))
-    for role in want.roles:
-        if not any(role in roles for roles in live.node_roles.values()):
-            nodes = sorted(live.node_roles)
-            target = nodes[0] if len(nodes) == 1 else "?"
-            note = "" if target != "?" else (
-                f"several nodes: label one with `docker node update --label-add {role_label(role)}=true NODE`")
-            changes.append(Change("node_label", "create", f"{target}: {role_label(role)}=true",
-                                  {"label": {"live": None, "desired": f"{role_label(role)}=true"}}, note))
+    labels, warnings = label_changes(want.placement, live.nodes)
+    for lc in labels:
+        label = f"{role_label(lc.role)}=true"
+        what = ", ".join(f"{want.stack}_{s}" for s in lc.services) or "no service"
+        if lc.hostname == "?":
+            note = f"several nodes: name them under nodes in site.yml (or `docker node update --label-add {label} NODE`)"
+        elif lc.action == "create":
+            note = f"places {what} on {lc.hostname}"
+        else:
+            note = f"moves {what} off {lc.hostname}"
+        live_value, desired_value = (None, label) if lc.action == "create" else (label, None)
+        changes.append(Change("node_label", lc.action, f"{lc.hostname}: {label}",
+                              {"label": {"live": live_value, "desired": desired_value}}, note))
     for logical, docker_name in sorted(want.secrets.items()):
         if docker_name not in live.secrets:
             changes.append(Change("secret", "create", docker_name, {"logical": {"live": None, "desired": logical}},
@@ -393,13 +401,13 @@ def diff(want: DesiredState, live: ObservedState) -> Plan:
             changes.append(Change("service", "update", name, fields))
     for name in sorted(set(live.services) - set(want.services)):
         changes.append(Change("service", "remove", name))
-    return Plan(want.stack, changes)
+    return Plan(want.stack, changes, warnings)
 
 
 def format_plan(plan: Plan) -> list[str]:
     """Human lines: one per object, then one per changed field."""
     if plan.empty:
-        return ["No changes. The swarm matches the site files."]
+        return ["No changes. The swarm matches the site files."] + [f"warning: {w}" for w in plan.warnings]
     sign = {"create": "+", "update": "~", "remove": "-"}
     lines = []
     for c in plan.changes:
@@ -410,6 +418,7 @@ def format_plan(plan: Plan) -> list[str]:
         if c.note:
             lines.append(f"    note: {c.note}")
     s = plan.to_dict()["summary"]
+    lines += [f"warning: {w}" for w in plan.warnings]
     lines.append(f"Plan: {s['create']} to create, {s['update']} to update, {s['remove']} to remove.")
     return lines
 

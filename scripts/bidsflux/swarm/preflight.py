@@ -193,3 +193,54 @@ def check_swarm(client: Any) -> list[Finding]:
     if not manager:
         return [Finding("fail", "swarm", "this node is a swarm worker", "run bootstrap on the manager (data server)")]
     return [Finding("ok", "swarm", "this node is a swarm manager")]
+
+
+def check_reachable(host: str, ports: list[int], timeout: float = 3.0) -> list[Finding]:
+    """TCP connections this host must be able to open to the manager (Docker's swarm ports:
+    2377 cluster management, 7946 node communication)."""
+    findings = []
+    for port in ports:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as exc:
+            findings.append(Finding("fail", "ports", f"cannot reach the manager at {host}:{port}/tcp ({exc.strerror or exc})",
+                                    f"open TCP {port} from this server to {host} in both hosts' firewalls, and check the "
+                                    "address in the join command"))
+        else:
+            findings.append(Finding("ok", "ports", f"manager {host}:{port}/tcp reachable"))
+    return findings
+
+
+def udp_port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_swarm_ports_free(tcp: list[int], udp: list[int]) -> list[Finding]:
+    """Ports this node's engine must bind when it joins."""
+    busy = [f"{p}/tcp" for p in tcp if port_in_use(p)] + [f"{p}/udp" for p in udp if udp_port_in_use(p)]
+    if busy:
+        return [Finding("fail", "ports", f"{', '.join(busy)} already in use on this host; the swarm needs them",
+                        "stop what listens there (ss -lntup) before joining")]
+    return [Finding("ok", "ports", f"{', '.join([f'{p}/tcp' for p in tcp] + [f'{p}/udp' for p in udp])} free on this host")]
+
+
+def print_findings(findings: list[Finding], console: Any, title: str = "preflight") -> list[Finding]:
+    """A table of the findings; returns the failures."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title)
+    for col in ("check", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for f in findings:
+        # Text, not markup: paths and messages may hold brackets.
+        table.add_row(f.check, Text(f.level, style=colour[f.level]), Text(f.message + (f"\nfix: {f.fix}" if f.fix else "")))
+    console.print(table)
+    return [f for f in findings if f.level == "fail"]
