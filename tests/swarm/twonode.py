@@ -68,9 +68,10 @@ class Daemon:
     def start(self, timeout: float = 60) -> None:
         # unshare --uts: a host name of its own (what `docker node ls` shows); nsenter --net, not
         # `ip netns exec`, which remounts /sys and makes dockerd fail (ENVIRONMENT.md).
+        # --shutdown-timeout: its containers get 2 s to stop when the daemon stops (test daemons only).
         cmd = ["unshare", "--uts", "sh", "-c",
                'hostname "$0" && exec nsenter --net=/var/run/netns/"$0" dockerd --data-root "$1" --exec-root "$2" '
-               '--pidfile "$3" -H "unix://$4" --iptables=false --bridge=none',
+               '--pidfile "$3" -H "unix://$4" --iptables=false --bridge=none --shutdown-timeout 2',
                self.name, str(self.data_root), str(self.exec_root), str(self.pidfile), str(self.socket)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -179,7 +180,8 @@ class TwoNodes:
             sh("ip", "-n", d.netns, "addr", "add", f"{d.addr}/{self.subnet.prefixlen}", "dev", "eth0")
             sh("ip", "-n", d.netns, "link", "set", "eth0", "up")
             sh("ip", "-n", d.netns, "link", "set", "lo", "up")
-            sh("ip", "-n", d.netns, "route", "add", "default", "via", gw.split("/")[0])
+            # No default route: the servers reach each other only. The swarm agent tries a registry
+            # pull before each task; without a route it fails at once instead of waiting on DNS.
         self.manager.start()
         self.worker.start()
 
