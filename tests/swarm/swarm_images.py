@@ -54,10 +54,21 @@ echo "broken runner build: not serving metrics" >&2
 exec sleep 100000
 """
 
-# MinIO: `server /data1 ... --address :9000`, credentials from *_FILE; runs SeaweedFS's S3.
+# MinIO: `server /data1 ... --address :9000`, credentials from *_FILE; runs SeaweedFS's S3 on the
+# first drive. Each argument before the flags is one drive; more than one must split into erasure
+# sets of 2..16 drives, else MinIO exits (minio/minio cmd/endpoint-ellipses.go, getSetIndexes).
 MINIO_ENTRY = """#!/bin/sh
 [ "$1" = server ] || { echo "usage: minio server DIR..." >&2; exit 2; }
-dir="$2"
+shift
+drives=""; n=0
+while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do drives="$drives $1"; n=$((n + 1)); shift; done
+if [ "$n" -gt 1 ]; then
+  ok=""; s=2
+  while [ $s -le 16 ]; do [ $((n % s)) -eq 0 ] && ok=1; s=$((s + 1)); done
+  [ -n "$ok" ] || { echo "ERROR Invalid command line arguments: Incorrect number of endpoints provided [$drives ], number of drives $n is not divisible by any supported erasure set sizes [2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]" >&2; exit 1; }
+fi
+set -- $drives
+dir="$1"
 user=$(cat "$MINIO_ROOT_USER_FILE") && pass=$(cat "$MINIO_ROOT_PASSWORD_FILE") || exit 1
 cat > /tmp/s3.json <<EOF
 {"identities":[{"name":"root","credentials":[{"accessKey":"$user","secretKey":"$pass"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
