@@ -20,6 +20,7 @@ EXAMPLES: dict[str, list[str]] = {
     "secrets rotate": ["bidsflux secrets rotate s3_secret", "bidsflux secrets rotate --all --yes"],
     "secrets gc": ["bidsflux secrets gc"],
     "swarm join-command": ["bidsflux swarm join-command"],
+    "swarm join": ["sudo bidsflux swarm join --token SWMTKN-... 10.0.0.5:2377 --create-dirs   # or ./scripts/bootstrap.sh --join ..."],
     "gitlab plan": ["BIDSFLUX_GITLAB_TOKEN=glpat-... bidsflux gitlab plan --format json"],
     "gitlab apply": ["bidsflux gitlab apply --root-token"],
     "gitlab root-token": ["bidsflux gitlab root-token --days 1", "bidsflux gitlab root-token --revoke"],
@@ -56,7 +57,7 @@ EXTRA_EXIT_CODES: dict[str, dict[int, str]] = {
 # Commands that call the Docker engine or GitLab: they take --connect-timeout.
 ENGINE_COMMANDS = {
     "render", "bootstrap", "plan", "deploy", "doctor", "secrets list", "secrets rotate", "secrets gc",
-    "swarm join-command", "gitlab plan", "gitlab apply", "gitlab root-token", "gitlab tokens rotate",
+    "swarm join-command", "swarm join", "gitlab plan", "gitlab apply", "gitlab root-token", "gitlab tokens rotate",
     "runners register", "runners list", "mercure push", "mercure up", "health", "backup drill", "restore",
     "ci plan-note", "ci issues",
 }

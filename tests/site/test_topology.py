@@ -73,7 +73,7 @@ def test_unknown_role_and_bad_host_name_are_schema_errors(repo_copy: Path) -> No
     edit(repo_copy, "swarm:\n", "nodes:\n  good-host: {roles: [gpu]}\n  bad_host!: {roles: [data]}\n\nswarm:\n")
     found = {p["key"]: p["message"] for p in problems(repo_copy)}
     assert "'gpu' is not one of data, processing" in found["nodes.good-host.roles[0]"]
-    assert "'bad_host!' is not a valid value (DNS host name)" in found["nodes"]
+    assert "'bad_host!' is not allowed" in found["nodes.bad_host!"]
 
 
 @pytest.mark.parametrize(("count", "ok"), [(1, True), (2, True), (3, True), (4, True), (16, True), (17, False),
@@ -111,4 +111,5 @@ def test_gitlab_dev_shm_is_a_tmpfs_of_the_site_size(repo_copy: Path) -> None:
 
 def test_unroutable_reason_names_interfaces_as_unknown() -> None:
     assert unroutable_reason("eth0") is None and unroutable_reason("10.1.2.3") is None
-    assert "loopback" in (unroutable_reason("127.0.1.1") or "")
+    assert "loopback" in (unroutable_reason("127.0.1.1") or "") and "loopback" in (unroutable_reason("127.0.0.1:2377") or "")
+    assert "loopback" in (unroutable_reason("[::1]:2377") or "") and unroutable_reason("eth0:2377") is None

@@ -41,8 +41,13 @@ def _nearest_valid(count: int) -> str:
 def unroutable_reason(address: str) -> str | None:
     """Why other servers cannot reach `address`, or None (also None for an interface name,
     which only the host itself can resolve)."""
+    host = address
+    if address.startswith("["):  # [ipv6]:port
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:  # ipv4:port or interface:port
+        host = address.split(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     if ip.is_loopback:
