@@ -80,8 +80,8 @@ def check_nodes(site: Mapping[str, Any], stack: str, nodes: list[Node], report: 
     for role in sorted(r for r, svcs in site["roles"].items() if svcs and swarm_services_of_role(site, r)):
         if role not in usable_roles and role not in explained:
             report.fail(f"no ready node carries {role_label(role)}=true; services without a node: {', '.join(lost([role]))}",
-                        "bidsflux deploy (it labels the nodes of site.yml), or docker node update --label-add "
-                        f"{role_label(role)}=true <node>")
+                        f"`bidsflux deploy` labels the nodes of site.yml (by hand: docker node update --label-add "
+                        f"{role_label(role)}=true <node>)")
     ready = [n for n in nodes if n.usable]
     if ready:
         report.ok(f"{len(ready)} node(s) ready: {', '.join(n.hostname for n in ready)}")
