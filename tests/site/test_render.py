@@ -54,9 +54,19 @@ def test_storescp_switch_renders_dicom_endpoint(repo_copy: Path) -> None:
     cmd = svc["command"]
     assert cmd[0] == "storescp" and cmd[-1] == "11112"
     assert cmd[cmd.index("--eostudy-timeout") + 1] == "60"
-    exec_cmd = cmd[cmd.index("--exec-on-eostudy") + 1]
-    assert exec_cmd.startswith("dicom_indexer --gitlab-url http://gitlab.localhost") and exec_cmd.endswith(" #p")
-    assert "--storage-remote 's3://s3.localhost:9000/{ReferringPhysicianName}.{StudyDescriptionPath}'" in exec_cmd
+    # What the container runs: the image's entrypoint does an unquoted `$@` (bash), storescp then
+    # runs the end-of-study command with /bin/sh -c after replacing #p by the study folder.
+    deployed = [c.replace("$$", "$") for c in cmd]  # docker stack deploy's interpolation
+    words = subprocess.run(["bash", "-c", 'f() { printf "%s\\0" "$@"; }; f $@', "_", *deployed],
+                           capture_output=True, check=True, cwd="/").stdout.split(b"\0")[:-1]
+    assert [w.decode() for w in words] == deployed  # nothing split or globbed by the entrypoint
+    exec_cmd = deployed[deployed.index("--exec-on-eostudy") + 1].replace("#p", "/data/incoming/study_1.2.3")
+    argv = subprocess.run(["sh", "-c", f'set -- {exec_cmd}; printf "%s\\0" "$@"'], capture_output=True,
+                          check=True, cwd="/").stdout.decode().split("\0")[:-1]
+    assert argv == ["python3", "/indexer/index_dicom.py", "--gitlab-url", "https://gitlab.localhost",
+                    "--storage-remote", "s3://s3.localhost/dicoms/{ReferringPhysicianName}/{StudyDescriptionPath[1]}",
+                    "--gitlab-group-template", "{ReferringPhysicianName}/{StudyDescriptionPath[1]}",
+                    "--session-name-tag", "PatientName", "/data/incoming/study_1.2.3"]
     assert {s["source"] for s in svc["secrets"]} == {"dicom_bot_gitlab_token", "s3_id", "s3_secret"}
     assert svc["environment"]["GIT_SSH_PORT"] == "222"
     assert {"s3_id", "s3_secret", "dicom_bot_gitlab_token"} <= set(stack["secrets"])

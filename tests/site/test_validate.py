@@ -73,14 +73,14 @@ def test_gitlab_ci_schema_is_enforced(repo_copy: Path) -> None:
 
 
 def test_indexer_placeholder_must_be_dicom_metadata(repo_copy: Path) -> None:
-    edit(repo_copy, "stack/site.yml", '"{ReferringPhysicianName}/{StudyDescriptionPath}"', '"{ReferringPhysicianName}/{Scanner}"')
+    edit(repo_copy, "stack/site.yml", '"{ReferringPhysicianName}/{StudyDescriptionPath[1]}"', '"{ReferringPhysicianName}/{Scanner}"')
     found = problems(repo_copy)
     assert [p["key"] for p in found] == ["indexer.gitlab_group_template"]
     assert "{Scanner}" in found[0]["message"]
 
 
 def test_s3_remote_on_console_port_is_rejected(repo_copy: Path) -> None:
-    edit(repo_copy, "stack/site.yml", "s3://s3.localhost:9000/", "s3://s3.localhost:9090/")
+    edit(repo_copy, "stack/site.yml", "s3://s3.localhost/", "s3://s3-console.localhost/")
     found = problems(repo_copy)
     assert [p["key"] for p in found] == ["indexer.storage_remote"]
     assert "console" in found[0]["message"]

@@ -26,6 +26,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site import indexer as site_indexer
 from bidsflux.site.yamlsource import Document
 
 SCHEMA_FILE = "mercure-json.schema.json"
@@ -186,27 +187,13 @@ def _json_string(value: Mapping[str, Any]) -> str:
 
 
 def indexer_environment(site: Mapping[str, Any]) -> dict[str, str]:
-    """What the dicom_indexer reads from its environment (see DESIGN.md)."""
-    bots = site["bots"]
-    return {
-        "CI_SERVER_HOST": site["hosts"]["gitlab"],
-        "GITLAB_BOT_USERNAME": bots["dicom_bot"],
-        "GITLAB_BOT_EMAIL": f"{bots['dicom_bot']}@{bots['email_domain']}",
-        "GIT_SSH_PORT": str(site["ports"]["gitlab_ssh"]),
-    }
+    """What the dicom_indexer reads from its environment (see site/indexer.py)."""
+    return site_indexer.indexer_environment(site)
 
 
 def indexer_arguments(site: Mapping[str, Any]) -> list[str]:
     """The dicom_indexer's command line under Mercure: options from site.yml, input folder last."""
-    idx = site["indexer"]
-    args = [
-        "--gitlab-url", f"http://{site['hosts']['gitlab']}",
-        "--storage-remote", idx["storage_remote"],
-        "--gitlab-group-template", idx["gitlab_group_template"],
-    ]
-    if idx.get("session_name_tag"):
-        args += ["--session-name-tag", idx["session_name_tag"]]
-    return [*args, MERCURE_IN_DIR]
+    return site_indexer.indexer_arguments(site, MERCURE_IN_DIR)
 
 
 def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], doc: Document,
@@ -225,7 +212,7 @@ def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], 
             environment[key] = value
         # Mercure 0.4.1 passes docker_arguments to docker-py's containers.run, so `command` is
         # how the indexer gets its options and input folder; bidsflux alone writes this key.
-        arguments["command"] = ["dicom_indexer", *indexer_arguments(site)]
+        arguments["command"] = indexer_arguments(site)
     volumes: dict[str, dict[str, str]] = {}
     for secret in spec.get("secrets") or []:
         volumes[f"{secrets_dir(site)}/{secret}"] = {"bind": f"{SECRETS_MOUNT}/{secret}", "mode": "ro"}
@@ -236,7 +223,8 @@ def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], 
         "environment": _json_string({k: _expand(env, v, site, doc, [*base, "environment", k], errors) for k, v in environment.items()}),
         "docker_arguments": _json_string(arguments),
         "comment": spec.get("comment", ""),
-        "requires_root": bool(spec.get("requires_root", False)),
+        # entrypoint.sh writes the container's SSH key to /root/.ssh: the indexer runs as root.
+        "requires_root": bool(spec.get("requires_root", False) or spec.get("indexer")),
         "network_enabled": bool(spec.get("network_enabled", False)),
     })
     return out
@@ -284,6 +272,9 @@ def managed_config(site: Mapping[str, Any], rules: Document) -> Managed:
         managed.modules[name] = convert_module(name, spec, site, rules, env, errors)
     for name, spec in sorted((data.get("rules") or {}).items()):
         managed.rules[name] = convert_rule(spec)
+    if any(m["requires_root"] for m in managed.modules.values()):
+        # Mercure refuses a root module unless this is set (process_series.py, 0.4.1).
+        managed.settings["support_root_modules"] = True
     if errors:
         raise UserError("the Mercure rules cannot be converted; nothing was changed", errors)
     return managed

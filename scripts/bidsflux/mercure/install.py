@@ -156,8 +156,11 @@ def module_secret_files(site: dict[str, Any], rules: Any) -> list[str]:
     for module in (rules.data.get("modules") or {}).values():
         for secret in module.get("secrets") or []:
             key = secret if secret in stored or secret.upper() not in stored else secret.upper()
-            # Readable by the module, which Mercure runs as its own uid; the 0700 folder keeps others out.
-            if not secretstore.add_mirror(values_file, sdir / secret, key, uid_gid, 0o400) and not (sdir / secret).exists():
+            # Readable by the module: Mercure runs it as its own uid, or as root with every capability
+            # dropped (no DAC override), so a root module's files belong to root; the 0700 folder keeps others out.
+            root_module = module.get("requires_root") or module.get("indexer")
+            if not secretstore.add_mirror(values_file, sdir / secret, key, (0, 0) if root_module else uid_gid, 0o400) \
+                    and not (sdir / secret).exists():
                 notes.append(f"{sdir / secret} is missing: store the value of '{secret}' in {values_file} "
                              "(it is written there, and rewritten whenever it changes)")
     return notes

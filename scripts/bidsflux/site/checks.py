@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.site import schemas
+from bidsflux.site.indexer import contract_problems as indexer_contract_problems
 from bidsflux.site.render import NON_SWARM_SERVICES, ROLE_LABEL_PREFIX, render_stack, secret_catalog
 from bidsflux.site.repository import Repository
 from bidsflux.site.topology import check_topology
@@ -121,9 +122,14 @@ def _site_checks(site: Document, out: list[Diagnostic]) -> None:
                 allowed = ", ".join(sorted(INDEXER_PLACEHOLDERS))
                 shown = "{" + f + "}" if f else "{}"
                 out.append(site.diagnostic(["indexer", key], f"placeholder {shown} is not DICOM metadata the indexer provides ({allowed})"))
+            elif f == "StudyDescriptionPath":
+                out.append(site.diagnostic(["indexer", key], "{StudyDescriptionPath} is a list (StudyDescription split at ^): "
+                                           "pick a part, for example {StudyDescriptionPath[1]}"))
     remote = urlsplit(data["indexer"]["storage_remote"].replace("{", "").replace("}", ""))
     if remote.hostname == data["hosts"]["s3_console"] or remote.port == data["ports"]["s3_console"]:
-        out.append(site.diagnostic(["indexer", "storage_remote"], "points at the S3 console, not the S3 API: uploads would be silently lost; use hosts.s3 and ports.s3_api"))
+        out.append(site.diagnostic(["indexer", "storage_remote"], "points at the S3 console, not the S3 API: uploads would be silently lost; use hosts.s3"))
+    else:
+        out += [site.diagnostic(path, message) for path, message in indexer_contract_problems(data)]
 
     for name, ref in data["images"].items():
         if isinstance(ref, str) and ref.endswith(":latest"):

@@ -8,7 +8,6 @@ lists stay lists. Output is deterministic: keys are sorted and nothing depends o
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site.indexer import compose_escape, storescp_exec_command
 from bidsflux.site.yamlsource import Document
 
 ROLE_LABEL_PREFIX = "bidsflux.role."
@@ -72,18 +72,8 @@ def secret_catalog(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def indexer_command(site: Mapping[str, Any]) -> str:
-    """storescp's --exec-on-eostudy command; storescp runs it through /bin/sh and puts the
-    study folder in place of #p."""
-    idx = site["indexer"]
-    args = [
-        "dicom_indexer",
-        "--gitlab-url", f"http://{site['hosts']['gitlab']}",
-        "--storage-remote", idx["storage_remote"],
-        "--gitlab-group-template", idx["gitlab_group_template"],
-    ]
-    if idx.get("session_name_tag"):
-        args += ["--session-name-tag", idx["session_name_tag"]]
-    return " ".join(shlex.quote(a) for a in args) + " #p"
+    """storescp's --exec-on-eostudy command as the stack file carries it ($ escaped for compose)."""
+    return compose_escape(storescp_exec_command(site))
 
 
 _SIZE = re.compile(r"^(\d+)([kmg]?)$", re.I)

@@ -87,7 +87,9 @@ def desired_service(name: str, svc: Mapping[str, Any], top: Mapping[str, Any]) -
     out: dict[str, Any] = {"image": svc.get("image")}
     command = svc.get("command")
     if command is not None:
-        out["command"] = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+        # `docker stack deploy` turns $$ into $ (compose interpolation); the engine holds the result.
+        out["command"] = [c.replace("$$", "$") for c in
+                          (shlex.split(command) if isinstance(command, str) else [str(c) for c in command])]
     entrypoint = svc.get("entrypoint")
     if entrypoint is not None:
         out["entrypoint"] = shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(c) for c in entrypoint]
