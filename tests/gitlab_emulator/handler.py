@@ -153,10 +153,13 @@ class RequestHandler(BaseHTTPRequestHandler):
                     return
                 if isinstance(loaded, dict):
                     params.update(loaded)
+            elif ctype == "multipart/form-data":
+                params.update(_multipart(self.headers.get("Content-Type") or "", body))
             else:
                 params.update(_params(parse_qsl(body.decode(), keep_blank_values=True)))
         decoded = "/".join(unquote(s) for s in path.split("/"))
-        token_value = self.headers.get("PRIVATE-TOKEN")
+        # lib/gitlab/auth/auth_finders.rb: the PRIVATE-TOKEN header, or a private_token parameter.
+        token_value = self.headers.get("PRIVATE-TOKEN") or params.pop("private_token", None)
         auth = self.headers.get("Authorization") or ""
         if not token_value and auth.lower().startswith("bearer "):
             token_value = auth[7:].strip()
@@ -233,6 +236,21 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    """Fields of a multipart/form-data body (what `curl -F` sends); Grape reads them like a form."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    out: dict[str, Any] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            payload = part.get_payload(decode=True) or b""
+            out[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+    return out
 
 
 def _params(pairs: list[tuple[str, str]]) -> dict[str, Any]:

@@ -159,7 +159,7 @@ def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
         "namespace": namespace, "description": str(c.params.get("description") or ""),
         "visibility": str(c.params.get("visibility") or "private"), "default_branch": "main",
         "web_url": f"{gl.url}/{full}", "http_url_to_repo": f"{gl.url}/{full}.git",
-        "ssh_url_to_repo": f"ssh://git@gitlab.invalid:222/{full}.git", "created_at": iso(now()),
+        "ssh_url_to_repo": f"ssh://git@{gl.ssh_authority}/{full}.git", "created_at": iso(now()),
         "import_url": str(import_url) if import_url else None,
         "import_status": "finished" if import_url else "none", "import_type": "git" if import_url else None,
         "import_error": None, "mirror": False, "empty_repo": not bool(import_url), "archived": False,

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from . import ci, issues, projects, runners, users
+from . import ci, issues, keys, projects, runners, users
 from .handler import RequestHandler
 from .model import Ctx, Handler, HTTPError, Request, Runner, State, Token, iso, member_level, now
 
 # Each route module contributes `routes(gl)`; a new endpoint family is a new module listed here.
-ROUTE_MODULES = [users, projects, ci, runners, issues]
+ROUTE_MODULES = [users, projects, ci, runners, issues, keys]
 
 
 class GitLabEmulator:
@@ -71,6 +71,9 @@ class GitLabEmulator:
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
         self.url = ""
+        # gitlab_shell ssh host:port used in ssh_url_to_repo; the shared secret of /internal (keys.py)
+        self.ssh_authority = "gitlab.invalid:222"
+        self.shell_secret = secrets.token_hex(16)
         root = self.add_user("root", "Administrator", "admin@example.com", admin=True)
         self.admin_token = self.create_token(root["username"], ["api", "sudo", "admin_mode"], name="emulator-admin")
         self.routes = compile_routes(self)
@@ -91,11 +94,18 @@ class GitLabEmulator:
         self.thread.start()
         return self
 
+    def serve_unix(self, path: str) -> None:
+        """Also serve on a Unix socket (for containers of a test, through a bind mount)."""
+        serve_unix(self, path)
+
     def stop(self, keep_git: bool = False) -> None:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        for server in self.__dict__.pop("unix_servers", []):
+            server.shutdown()
+            server.server_close()
         if not keep_git:
             shutil.rmtree(self.git_root, ignore_errors=True)
 
@@ -249,6 +259,26 @@ class GitLabEmulator:
             may_write = bool({"api", "write_repository"} & set(tok.scopes))
             return project, may_write
 
+
+
+def serve_unix(gl: GitLabEmulator, path: str) -> None:
+    import socketserver
+
+    class _UnixHandler(RequestHandler):
+        gitlab = gl
+
+        def setup(self) -> None:  # no TCP options on a Unix socket
+            socketserver.StreamRequestHandler.setup(self)
+
+        def address_string(self) -> str:
+            return "unix"
+
+    class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    server = _Server(path, _UnixHandler)
+    gl.__dict__.setdefault("unix_servers", []).append(server)
+    threading.Thread(target=server.serve_forever, name="gitlab-emulator-unix", daemon=True).start()
 
 
 def compile_routes(gl: GitLabEmulator) -> list[tuple[str, re.Pattern[str], Handler, str, bool]]:
