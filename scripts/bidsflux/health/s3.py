@@ -109,8 +109,7 @@ def check_s3(ctx: Context, report: Report, timeout: float) -> None:
         code = err.get("Code", "?")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
             report.fail(f"S3 refused to {step}: {code} (wrong or unauthorised indexer keys)",
-                        "make the indexer's keys (s3_id/s3_secret) exist in MinIO with read/write rights: "
-                        "mc admin user add ALIAS <s3_id> <s3_secret> && mc admin policy attach ALIAS readwrite --user <s3_id>")
+                        "make the indexer's keys (s3_id/s3_secret) exist in MinIO with read/write rights (bidsflux s3 apply)")
         else:
             report.fail(f"S3 failed to {step}: {code} {err.get('Message', '')}".strip(), "check MinIO's logs (docker service logs)")
         return

@@ -195,6 +195,11 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
         }
         data["secrets"] = {k: v for k, v in data["secrets"].items() if k in referenced}
         used = {k: v for k, v in used.items() if k in referenced}
+    # Secrets used outside the stack too (the Mercure module's files, `bidsflux s3`, the canary)
+    # exist whichever services are rendered: `always: true` in x-bidsflux-secrets.
+    for logical, spec in catalog.items():
+        if isinstance(spec, dict) and spec.get("always") and logical not in used:
+            used[logical] = versioned_secret_name(stack, logical, int(versions.get(logical, 1)))
     if renderer.errors:
         raise UserError("", renderer.errors)
     return RenderedStack(stack_name=stack, data=data, secrets=dict(sorted(used.items())))
