@@ -10,6 +10,7 @@ import click
 
 from bidsflux import __version__
 from bidsflux.backup import cli as backup_cli
+from bidsflux.canary import cli as canary_cli
 from bidsflux.ci import cli as ci_cli
 from bidsflux.console import EXIT_USAGE, group_options, verbosity
 from bidsflux.gitlab import cli as gitlab_cli
@@ -81,7 +82,7 @@ def main() -> None:
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.
-for _module in (site_cli, swarm_cli, doctor_cli, gitlab_cli, s3_cli, mercure_cli, health_cli, backup_cli, ci_cli):
+for _module in (site_cli, swarm_cli, doctor_cli, gitlab_cli, s3_cli, mercure_cli, health_cli, canary_cli, backup_cli, ci_cli):
     _module.register(main)
 decorate(main)
 

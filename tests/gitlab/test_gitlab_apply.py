@@ -103,7 +103,7 @@ def test_deleted_objects_are_restored_and_plan_exit_codes(gitlab_emulator, site_
     assert own.protectedbranches.get("main").name == "main"
     assert gl.variables.get("S3_ID").value == S3["s3_id"]
     assert gl.variables.get("S3_SECRET").masked is True and gl.variables.get("S3_SECRET").value == S3["s3_secret"]
-    assert len(own.pipelineschedules.list()) == 3
+    assert len(own.pipelineschedules.list()) == 4
     assert cli("gitlab", "plan", "--root", str(root), env=env).exit_code == 0
 
 

@@ -38,6 +38,10 @@ def test_user_keys_add_list_delete_and_errors(gitlab_emulator, tmp_path: Path) -
     assert code == 400 and again == {"message": {"fingerprint_sha256": ["has already been taken"]}}
     code, bad = _curl_add(gitlab_emulator.url, token, "x", "ssh-rsa AAAAnotakey")
     assert code == 400 and bad["message"]["key"] == ["is invalid"]
+    gitlab_emulator.forbidden_key_types = {"ssh-rsa"}  # Admin > Settings > visibility: RSA keys forbidden
+    code, forbidden = _curl_add(gitlab_emulator.url, token, "t", rsa.replace("AAAA", "AAAA", 1))
+    assert code == 400 and forbidden["message"]["key"] == ["type is forbidden. Must be ECDSA, or ED25519"]
+    gitlab_emulator.forbidden_key_types = set()
     code, blank = _curl_add(gitlab_emulator.url, token, "", ed)
     assert code == 400 and blank["message"]["title"] == ["can't be blank"]
     missing = requests.post(f"{gitlab_emulator.url}/api/v4/user/keys", data={"title": "t"},

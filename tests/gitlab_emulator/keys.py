@@ -69,8 +69,15 @@ def _add_key(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     if not title:
         errors.setdefault("title", []).append("can't be blank")
     parsed = _parse_key(text)
+    forbidden = gl.__dict__.get("forbidden_key_types", set())
     if parsed is None:
         errors.setdefault("key", []).append("is invalid")
+    elif parsed[0] in forbidden:
+        # app/models/key.rb key_meets_restrictions: an admin restricted this technology
+        # (application settings <type>_key_restriction = -1).
+        allowed = sorted({"ssh-rsa": "RSA", "ssh-ed25519": "ED25519", "ecdsa-sha2-nistp256": "ECDSA"}[t]
+                         for t in ("ssh-rsa", "ssh-ed25519", "ecdsa-sha2-nistp256") if t not in forbidden)
+        errors.setdefault("key", []).append(f"type is forbidden. Must be {', or '.join(allowed)}")
     else:
         fingerprint = hashlib.sha256(parsed[1]).hexdigest()
         if any(k["_fingerprint"] == fingerprint for k in ssh_keys(gl).values()):

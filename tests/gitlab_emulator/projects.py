@@ -82,9 +82,17 @@ def _update_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
 
 def _delete_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     g = _get_group(gl, c, c.args[0])
-    for p in [p for p in gl.state.projects.values() if p["namespace"]["id"] == g["id"]]:
+    # doc/api/groups.md "Delete a group": its subgroups and projects go with it.
+    doomed = {g["id"]}
+    while True:
+        more = {x["id"] for x in gl.state.groups.values() if x.get("parent_id") in doomed} - doomed
+        if not more:
+            break
+        doomed |= more
+    for p in [p for p in gl.state.projects.values() if p["namespace"]["id"] in doomed]:
         del gl.state.projects[p["id"]]
-    del gl.state.groups[g["id"]]
+    for gid in doomed:
+        del gl.state.groups[gid]
     c.status = 202
     return {"message": "202 Accepted"}
 

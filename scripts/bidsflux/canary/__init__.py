@@ -1,0 +1,1 @@
+"""The canary: a synthetic study through the whole data path (endpoint, indexer, GitLab, S3)."""

