@@ -73,7 +73,7 @@ def test_rendered_command_carries_the_indexer_options(repo: Path) -> None:
     exec_cmd = command[command.index("--exec-on-eostudy") + 1]
     for option in ("--gitlab-url", "--storage-remote", "--gitlab-group-template", "--session-name-tag"):
         assert option in exec_cmd
-    assert exec_cmd.endswith(" #p")
+    assert exec_cmd.endswith("$${IFS}#p") and " " not in exec_cmd  # one word through the entrypoint's unquoted $@
 
 
 def test_study_completes_once_with_its_folder_and_echo_works(storescp) -> None:  # type: ignore[no-untyped-def]
