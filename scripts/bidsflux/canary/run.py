@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from bidsflux.canary.study import Study, make_study
+from bidsflux.canary.study import STUDY_DESCRIPTION, Study, make_study
+from bidsflux.diagnostics import UserError
 from bidsflux.site.indexer import S3Location, s3_location
 
 STAGES = ("send", "index", "push", "annex")
@@ -145,9 +146,13 @@ def run(cfg: CanaryConfig, progress: Callable[[str], None] = lambda _: None) -> 
     site, stack = cfg.site, cfg.site["site"]["name"]
     study = make_study()
     metas = study.metas
-    group = site["indexer"]["gitlab_group_template"].format(**metas)
+    try:
+        group = site["indexer"]["gitlab_group_template"].format(**metas)
+        loc = s3_location(site["indexer"]["storage_remote"], metas)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise UserError(f"indexer templates of site.yml cannot be filled from the canary's study "
+                        f"(StudyDescription {STUDY_DESCRIPTION!r}): {exc.__class__.__name__} {exc}") from None
     project_path = f"{group}/sourcedata/dicoms/{metas['StudyInstanceUID']}"
-    loc = s3_location(site["indexer"]["storage_remote"], metas)
     out = Outcome(project=project_path, s3_prefix=f"s3://{loc.bucket}/{loc.prefix}")
     gl = gitlab.Gitlab(cfg.gitlab_url, private_token=cfg.gitlab_token, timeout=30)
     s3 = _s3(cfg)
