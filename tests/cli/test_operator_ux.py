@@ -99,7 +99,7 @@ def test_every_command_a_message_or_the_readme_names_exists() -> None:
         text = path.read_text()
         if path.suffix == ".md":  # prose may say "bidsflux runs ..."; commands are in code
             text = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S) + re.findall(r"`[^`\n]+`", text))
-        for m in re.finditer(r"""(?:[`"'(]|^)bidsflux ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?([^`"'\n]*)""", text, re.M):
+        for m in re.finditer(r"""(?:[`"'(]|^)bidsflux ([a-z][a-z0-9-]*)(?: ([a-z][a-z0-9-]*))?([^`"'\n]*)""", text, re.M):
             first, second, rest = m.group(1), m.group(2), m.group(3)
             if first == "pid":  # the content of mercure.lock, not a command
                 continue

@@ -77,7 +77,7 @@ def test_unpinned_job_image_in_runners_yml_is_refused(repo_copy: Path) -> None:
 
 
 def test_storage_remote_must_use_hosts_s3(repo_copy: Path) -> None:
-    edit(repo_copy, "stack/site.yml", "s3://s3.localhost:9000/", "s3://minio.example.org:9000/")
+    edit(repo_copy, "stack/site.yml", "s3://s3.localhost/", "s3://minio.example.org/")
     found = problems(repo_copy)
     assert [p["key"] for p in found] == ["indexer.storage_remote"]
     assert "not hosts.s3 (s3.localhost)" in found[0]["message"]
