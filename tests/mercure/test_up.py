@@ -118,7 +118,8 @@ def test_up_check_only_prepares_everything(repo: Path, tmp_path: Path) -> None:
 
     write_values_file(state / "secrets.env", {"s3_id": "AKIAROTATED", "s3_secret": "new-secret"})
     assert s3_id.read_text() == "AKIAROTATED" and (sdir / "s3_secret").read_text() == "new-secret"
-    assert (sdir / "s3_secret").stat().st_uid == 1000
+    # The indexer module runs as root with all capabilities dropped: its files belong to root.
+    assert (sdir / "s3_secret").stat().st_uid == 0 and s3_id.stat().st_uid == 0
 
 
 def test_backups_are_bounded_and_keep_the_mode(tmp_path: Path) -> None:
