@@ -203,3 +203,26 @@ def test_moving_the_processing_role_shows_in_plan_and_deploy_moves_the_task(clus
     assert deployed.exit_code == 0, deployed.output
     assert cluster.placement()["gitlab-runner"] == {manager}
     assert cluster.run("plan").exit_code == 0
+
+
+def test_what_a_killed_run_left_is_removed_by_name(tmp_path: Path) -> None:
+    require(os.geteuid() == 0 and shutil.which("ip") is not None, "namespaces and links need root and iproute2")
+    import subprocess
+
+    from twonode import RUN_DIR, sh
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pytest process that no longer exists
+    left = TwoNodes.create(tmp_path)
+    (RUN_DIR / f"bfxn-{left.id}.owner").write_text(json.dumps({"pid": gone.pid, "bridge": left.bridge, "rules": []}))
+    sh("ip", "link", "add", left.bridge, "type", "bridge")
+    sh("ip", "netns", "add", left.manager.netns)
+    left.manager.data_root.mkdir(parents=True)
+    try:
+        assert left.id in remove_leftovers()
+        assert left.manager.netns not in sh("ip", "netns", "list").stdout
+        assert sh("ip", "link", "show", left.bridge, check=False).returncode != 0
+        assert not left.manager.data_root.exists() and not (RUN_DIR / f"bfxn-{left.id}.owner").exists()
+    finally:
+        sh("ip", "netns", "delete", left.manager.netns, check=False)
+        sh("ip", "link", "delete", left.bridge, check=False)
