@@ -3,7 +3,8 @@
 the seed admin/router does not; C-ECHO; a synthetic study sent with C-STORE is routed by the
 repository's rule to its module, which Mercure's processor starts through the Docker socket (a
 recorder image: arguments, environment, secret files); the bookkeeper has the events. Then
-`mercure push` with a changed rule applies to the next study (with a rotated module secret), a
+`mercure push` with a changed rule applies to the next study (with a rotated module secret and a
+persistence folder Mercure mounts from its host path), a
 receiver setting restarts the receiver, and kill -9 during push leaves a config Mercure loads.
 
 Mercure's processor finds its data folder through the Docker volume named `mercure_data`, so one
@@ -265,11 +266,15 @@ def test_pushed_rule_applies_to_the_next_study_and_rotated_secrets_reach_the_mod
     # Under the old rule a T1w-only study waits for MRSI and STAGE_preproc (forced after 90 min).
     edit(rules, "study_trigger_series: \"'MRSI' and 'STAGE_preproc'\"", "study_trigger_series: \"'T1w'\"")
     edit(rules, "      LOG_LEVEL: INFO", "      LOG_LEVEL: DEBUG")
+    edit(rules, "    network_enabled: true", "    network_enabled: true\n    requires_persistence: true")
     result = m.bidsflux("mercure", "push")
     assert result.exit_code == 0 and "receiver settings changed" not in result.output, result.output
     write_values_file(m.values_file, {"s3_secret": "s3-secret-rotated"})
     out = processed(m, send_study(m.dicom_port, {"T1w": 2}))
     assert record(out, "env.txt")["LOG_LEVEL"] == "DEBUG"
+    # Its persistence folder, mounted by Mercure from the host path, outlives the run.
+    assert record(out, "env.txt")["MODULE_PERSISTENCE_DIR"] == "/tmp/persistence"
+    assert (m.base / "persistence" / "dicom_indexer" / "runs.txt").read_text() == "run\n"
     assert record(out, "secrets.txt") == {**SECRETS, "s3_secret": "s3-secret-rotated"}
 
 
@@ -321,5 +326,5 @@ def test_kill_during_push_leaves_a_config_mercure_loads(mercure: Running) -> Non
     read = router.exec_run(["/opt/mercure/env/bin/python", "-c",
                             "import sys; sys.path.insert(0, '/opt/mercure/app'); from common import config; "
                             "config.read_config(); print(config.mercure.rules['mr_completed_study'].comment)"])
-    assert read.exit_code == 0 and read.output.strip().endswith(b"kill round 4"), read.output
+    assert read.exit_code == 0 and b"kill round 4" in read.output.splitlines(), read.output
     assert len(list(config.parent.glob("mercure.json.*.bak"))) <= 5

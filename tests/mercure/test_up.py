@@ -66,6 +66,7 @@ def test_up_check_only_prepares_everything(repo: Path, tmp_path: Path) -> None:
     assert compose["volumes"]["data"]["name"] == "mercure_data"
     assert compose["volumes"]["data"]["driver_opts"]["device"] == f"{base}/data"
     assert "/var/run/docker.sock:/var/run/docker.sock" in services["processor"]["volumes"]
+    assert f"{base}/persistence:{base}/persistence" in services["processor"]["volumes"]
     dotenv = (base / ".env").read_text()
     assert "COMPOSE_PROJECT_NAME=bfcheck" in dotenv and f"DOCKER_GID={os.stat('/var/run/docker.sock').st_gid}" in dotenv
 
@@ -96,6 +97,7 @@ def test_up_check_only_prepares_everything(repo: Path, tmp_path: Path) -> None:
     data = json.loads((config / "mercure.json").read_text())
     assert mc.model_problems(data) == []
     assert data["bookkeeper_api_key"] == stored[install.BOOKKEEPER_KEY] and data["bookkeeper"] == "bookkeeper:8080"
+    assert data["persistence_folder"] == f"{base}/persistence"
     assert "AKIAUPTESTID" not in json.dumps(data)
 
     users = json.loads((config / "users.json").read_text())

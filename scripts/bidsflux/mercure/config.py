@@ -165,6 +165,11 @@ class Managed:
     targets: dict[str, Any] = field(default_factory=dict)
 
 
+def persistence_folder(site: Mapping[str, Any]) -> str:
+    """Module persistence folder: the same path on the host and in Mercure's processor container."""
+    return f"{site['paths']['mercure_base']['path'].rstrip('/')}/persistence"
+
+
 def secrets_dir(site: Mapping[str, Any]) -> str:
     """Root-only folder on the data server holding one file per module secret."""
     return f"{site['paths']['state_dir']['path'].rstrip('/')}/{SECRETS_SUBDIR}"
@@ -225,6 +230,7 @@ def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], 
         "comment": spec.get("comment", ""),
         # entrypoint.sh writes the container's SSH key to /root/.ssh: the indexer runs as root.
         "requires_root": bool(spec.get("requires_root", False) or spec.get("indexer")),
+        "requires_persistence": bool(spec.get("requires_persistence", False)),
         "network_enabled": bool(spec.get("network_enabled", False)),
     })
     return out
@@ -266,6 +272,9 @@ def managed_config(site: Mapping[str, Any], rules: Document) -> Managed:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
             managed.settings[key] = node
+    # Mercure's processor bind-mounts <persistence_folder>/<module> into modules by that path on
+    # the host, so the folder has the same path on the host and in the processor container.
+    managed.settings["persistence_folder"] = persistence_folder(site)
     for name, spec in sorted((data.get("targets") or {}).items()):
         managed.targets[name] = convert_target(spec)
     for name, spec in sorted((data.get("modules") or {}).items()):

@@ -240,7 +240,9 @@ def sync_mirrors(p: Path, values: Mapping[str, str]) -> list[str]:
         if value is None or not target.parent.is_dir():
             continue
         try:
-            if target.read_text(encoding="utf-8") == value:
+            st = target.stat()
+            same_owner = os.geteuid() != 0 or (st.st_uid, st.st_gid) == (int(entry["uid"]), int(entry["gid"]))
+            if same_owner and st.st_mode & 0o7777 == int(entry["mode"]) and target.read_text(encoding="utf-8") == value:
                 continue
         except (FileNotFoundError, UnicodeDecodeError):
             pass

@@ -8,4 +8,8 @@ for f in /var/run/secrets/*; do
 done >"$out/secrets.txt"
 ls "${MERCURE_IN_DIR:-/tmp/data}" >"$out/inputs.txt"
 id >"$out/id.txt"
+if [ -n "${MODULE_PERSISTENCE_DIR:-}" ]; then
+  echo "run" >>"$MODULE_PERSISTENCE_DIR/runs.txt"
+  cp "$MODULE_PERSISTENCE_DIR/runs.txt" "$out/persistence.txt"
+fi
 echo "recorded $# arguments"
