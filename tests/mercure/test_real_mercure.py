@@ -244,15 +244,17 @@ def test_study_is_routed_to_the_module_with_its_secrets(mercure: Running) -> Non
     study_uid = send_study(m.dicom_port, {"MRSI": 2, "STAGE_preproc": 2, "T1w": 1})
     out = processed(m, study_uid)
     args = (out / "args.txt").read_text().splitlines()
-    assert args[0] == "dicom_indexer" and args[-1] == "/tmp/data"
-    assert args[args.index("--gitlab-url") + 1] == "http://gitlab.localhost" and "--session-name-tag" in args
+    module = json.loads((m.base / "config" / "mercure.json").read_text())["modules"]["dicom_indexer"]
+    assert args == json.loads(module["docker_arguments"])["command"]  # exactly the rendered command line
+    assert args[-1] == "/tmp/data" and "--gitlab-url" in args and "--session-name-tag" in args
     env = record(out, "env.txt")
     assert env["CI_SERVER_HOST"] == "gitlab.localhost" and env["GITLAB_BOT_USERNAME"] == "dicom_bot"
     assert env["LOG_LEVEL"] == "INFO" and env["MERCURE_IN_DIR"] == "/tmp/data"
     assert not [k for k in env if "TOKEN" in k or "SECRET" in k]  # secrets come as files only
     assert record(out, "secrets.txt") == SECRETS
     assert len([n for n in (out / "inputs.txt").read_text().split() if n.endswith(".dcm")]) == 5
-    assert (out / "id.txt").read_text().startswith("uid=1000 ")
+    # The indexer module runs as root (support_root_modules), Mercure dropping every capability.
+    assert (out / "id.txt").read_text().startswith("uid=0(root) " if module["requires_root"] else "uid=1000 ")
     task_id = json.loads((out / "task.json").read_text())["id"]
     events = wait_for("the task's events in the bookkeeper", lambda: {r.split("|")[0] for r in m.psql(
         f"select event, sender from task_events where task_id = '{task_id}'")} >= {"PROCESS_BEGIN", "PROCESS_MODULE_COMPLETE", "COMPLETE"}, 60)
@@ -272,9 +274,9 @@ def test_pushed_rule_applies_to_the_next_study_and_rotated_secrets_reach_the_mod
     write_values_file(m.values_file, {"s3_secret": "s3-secret-rotated"})
     out = processed(m, send_study(m.dicom_port, {"T1w": 2}))
     assert record(out, "env.txt")["LOG_LEVEL"] == "DEBUG"
-    # Its persistence folder, mounted by Mercure from the host path, outlives the run.
+    # Its persistence folder: made by the processor, mounted from the same path on the host.
     assert record(out, "env.txt")["MODULE_PERSISTENCE_DIR"] == "/tmp/persistence"
-    assert (m.base / "persistence" / "dicom_indexer" / "runs.txt").read_text() == "run\n"
+    assert (out / "persistence.txt").read_text().startswith("d") and (m.base / "persistence" / "dicom_indexer").is_dir()
     assert record(out, "secrets.txt") == {**SECRETS, "s3_secret": "s3-secret-rotated"}
 
 

@@ -8,8 +8,8 @@ for f in /var/run/secrets/*; do
 done >"$out/secrets.txt"
 ls "${MERCURE_IN_DIR:-/tmp/data}" >"$out/inputs.txt"
 id >"$out/id.txt"
+# The persistence folder, when Mercure mounts one (a root module without capabilities may not write there).
 if [ -n "${MODULE_PERSISTENCE_DIR:-}" ]; then
-  echo "run" >>"$MODULE_PERSISTENCE_DIR/runs.txt"
-  cp "$MODULE_PERSISTENCE_DIR/runs.txt" "$out/persistence.txt"
+  ls -ld "$MODULE_PERSISTENCE_DIR" >"$out/persistence.txt"
 fi
 echo "recorded $# arguments"
