@@ -5,6 +5,7 @@ Commands that change something first call `load_valid`, so nothing acts on a fil
 from __future__ import annotations
 
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.gitlab.checks import check_runners_file
 from bidsflux.mercure.rules import check_rules_file
 from bidsflux.site import checks
 from bidsflux.site.repository import Repository
@@ -12,6 +13,7 @@ from bidsflux.site.yamlsource import Document, load
 
 FILE_CHECKS: dict[str, checks.FileCheck] = {
     "stack/mercure/rules.yml": check_rules_file,
+    "stack/runners.yml": check_runners_file,
 }
 
 

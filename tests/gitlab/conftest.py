@@ -33,8 +33,26 @@ def swarm_client() -> Iterator[object]:
 
 
 @pytest.fixture
-def site_repo(repo_copy: Path, swarm_client) -> Iterator[tuple[Path, str]]:  # type: ignore[no-untyped-def]
-    """(repository copy, stack name) where site.name is unique; its swarm secrets are removed after."""
+def git_upstream() -> Iterator[object]:
+    """A real git server (git http-backend) standing for GitHub, with the repositories gitlab.yml imports."""
+    from gitserver import GitServer
+
+    server = GitServer()
+    server.add_repo("UNFmontreal/containers.git", {"dicom_indexer/Dockerfile": "FROM scratch\n"})
+    server.add_repo("UNFmontreal/ci-pipelines.git", {"bids.yml": "stages: [convert]\n"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def site_repo(repo_copy: Path, swarm_client, git_upstream) -> Iterator[tuple[Path, str]]:  # type: ignore[no-untyped-def]
+    """(repository copy, stack name) where site.name is unique and imports come from the test's
+    git server; its swarm secrets are removed after."""
+    from gitserver import point_imports_at
+
+    point_imports_at(repo_copy, git_upstream.url)  # type: ignore[attr-defined]
     stack = "bfgl" + uuid.uuid4().hex[:8]
     site = repo_copy / "stack" / "site.yml"
     text = site.read_text()

@@ -24,7 +24,7 @@ from bidsflux.gitlab.runners import config_secrets
 from bidsflux.swarm import secretstore
 from bidsflux.swarm.deploy import load_context
 
-RUNNERS = {"dind", "processing", "processing-untagged"}
+RUNNERS = {"deploy", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -54,7 +54,10 @@ def gitlab_task(gitlab_emulator, standin_image, swarm_client_module, site_repo):
     _, stack = site_repo
     container = swarm_client_module.containers.run(
         standin_image, detach=True, network_mode="host", name=f"{stack}-gitlab-{uuid.uuid4().hex[:4]}",
-        environment={"EMULATOR_URL": gitlab_emulator.url}, labels={"com.docker.swarm.service.name": f"{stack}_gitlab"})
+        environment={"EMULATOR_URL": gitlab_emulator.url,
+                     # the task's own localhost: day zero probes readiness from inside the task
+                     "BIDSFLUX_READINESS_URL": f"{gitlab_emulator.inside_url}/-/readiness?all=1"},
+        labels={"com.docker.swarm.service.name": f"{stack}_gitlab"})
     try:
         yield container
     finally:
@@ -68,6 +71,9 @@ def test_day_zero_sets_up_gitlab_and_second_run_writes_nothing(gitlab_emulator, 
     stack = ctx.stack
     console, out = _console()
     gitlab_emulator.set_health(ready=False)
+    # Fault 6: through a host-mode published port GitLab sees docker_gwbridge's gateway, which is
+    # not in monitoring_whitelist: /-/readiness answers 404 there. Day zero probes inside the task.
+    gitlab_emulator.published_source_ip = "172.18.0.1"
     mark = gitlab_emulator.mark()
     # GitLab becomes ready while day zero waits for it.
     import threading
@@ -124,7 +130,7 @@ def test_unreachable_gitlab_gives_resume_command(site_repo, monkeypatch) -> None
     with pytest.raises(UserError) as err:
         run(ctx, console, ready_timeout_s=1, poll_interval=0.2)
     message = str(err.value)
-    assert "not ready after" in message and "not answering" in message
+    assert "not ready after" in message and "no running container of service" in message
     assert "swarm part of bootstrap is done" in message
     assert f"bidsflux gitlab apply --root-token --site {ctx.repo.site_file}" in message
     assert f"bidsflux runners register --root-token --site {ctx.repo.site_file}" in message

@@ -33,7 +33,8 @@ def env_for(emu, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def
 
 
 @pytest.mark.integration
-def test_day_zero_creates_everything_then_second_apply_writes_nothing(gitlab_emulator, site_repo, swarm_client) -> None:  # type: ignore[no-untyped-def]
+def test_day_zero_creates_everything_then_second_apply_writes_nothing(gitlab_emulator, site_repo, swarm_client,  # type: ignore[no-untyped-def]
+                                                                     git_upstream) -> None:  # type: ignore[no-untyped-def]
     root, stack = site_repo
     head = commit_all(root)
     repo = open_repository(root=root)
@@ -44,7 +45,16 @@ def test_day_zero_creates_everything_then_second_apply_writes_nothing(gitlab_emu
     # Every object of gitlab.yml exists, as configured.
     assert {u.username for u in gl.users.list(get_all=True)} >= {"dicom_bot", "bids_bot", "bidsflux_bot"}
     assert gl.groups.get("ni-dataops").visibility == "internal"
-    assert gl.projects.get("ni-dataops/containers").import_url == "https://github.com/UNFmontreal/containers.git"
+    imported = gl.projects.get("ni-dataops/containers")
+    assert imported.import_status == "finished" and imported.import_url.endswith("/UNFmontreal/containers.git")
+    # The import really copied the upstream history (git http-backend on both sides).
+    remote_c = gitlab_emulator.url.replace("http://", f"http://x:{gitlab_emulator.admin_token}@") + "/ni-dataops/containers.git"
+    upstream = subprocess.run(["git", "ls-remote", f"{git_upstream.url}/UNFmontreal/containers.git", "main"],
+                              check=True, capture_output=True, text=True).stdout.split()[0]
+    assert subprocess.run(["git", "ls-remote", remote_c, "main"], check=True, capture_output=True,
+                          text=True).stdout.split()[0] == upstream
+    # Import sources were enabled for `git` only because gitlab.yml imports by URL (16.0+ default: none).
+    assert gl.settings.get().import_sources == ["git"]
     own = gl.projects.get("ni-dataops/bidsflux")
     assert own.only_allow_merge_if_pipeline_succeeds is True
     pb = own.protectedbranches.get("main")
@@ -54,6 +64,7 @@ def test_day_zero_creates_everything_then_second_apply_writes_nothing(gitlab_emu
     assert gl.variables.get("DICOM_BOT_USERNAME").value == "dicom_bot"
     schedules = {s.description: own.pipelineschedules.get(s.id) for s in own.pipelineschedules.list()}
     assert schedules["health"].cron == "*/30 * * * *"
+    assert schedules["health"].ref == "refs/heads/main"  # GitLab stores the expanded ref
     assert schedules["drift"].attributes["variables"][0]["value"] == "drift"
     # Bot tokens: created with an expiry, their values stored where the stack and pipelines read them.
     dicom_value = gl.variables.get("DICOM_BOT_GITLAB_TOKEN").value
@@ -87,6 +98,13 @@ def test_deleted_objects_are_restored_and_plan_exit_codes(gitlab_emulator, site_
     gl_file.write_text(gl_file.read_text().replace("      secret: dicom_bot_gitlab_token\n", ""))
     first = cli("gitlab", "plan", "--root", str(root), env=env)
     assert first.exit_code == 2 and "+ project ni-dataops/bidsflux" in first.output
+    # Before the repository is pushed, GitLab 17 refuses schedules on its branch: apply says so.
+    early = cli("gitlab", "apply", "--root", str(root), env=env)
+    assert early.exit_code == 1 and "has no branch main yet; push the repository first" in early.output
+    from bidsflux.gitlab.dayzero import push_repository
+
+    commit_all(root)
+    push_repository(root, gitlab_emulator.url, "ni-dataops/bidsflux", gitlab_emulator.admin_token)
     applied = cli("gitlab", "apply", "--root", str(root), env=env)
     assert applied.exit_code == 0, applied.output
     assert cli("gitlab", "plan", "--root", str(root), env=env).exit_code == 0
@@ -107,7 +125,10 @@ def test_deleted_objects_are_restored_and_plan_exit_codes(gitlab_emulator, site_
     assert cli("gitlab", "plan", "--root", str(root), env=env).exit_code == 0
 
 
-def test_errors_are_messages_without_tokens(gitlab_emulator, repo_copy: Path) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_messages_without_tokens(gitlab_emulator, repo_copy: Path, git_upstream) -> None:  # type: ignore[no-untyped-def]
+    from gitserver import point_imports_at
+
+    point_imports_at(repo_copy, git_upstream.url)
     site = repo_copy / "stack" / "site.yml"
     site.write_text(site.read_text().replace("/var/lib/bidsflux/secrets.env", str(repo_copy / "secrets.env")))
     gitlab_emulator.create_user("reader")
@@ -123,6 +144,11 @@ def test_errors_are_messages_without_tokens(gitlab_emulator, repo_copy: Path) ->
     gl_file.write_text(gl_file.read_text().replace("      secret: dicom_bot_gitlab_token\n", ""))
     failed = cli("gitlab", "apply", "--root", str(repo_copy), env=env)
     assert failed.exit_code == 1 and "500" in failed.output and "re-run" in failed.output
+    from bidsflux.gitlab.dayzero import push_repository
+
+    cli("gitlab", "apply", "--root", str(repo_copy), env=env)  # everything but the schedules (no branch yet)
+    commit_all(repo_copy)
+    push_repository(repo_copy, gitlab_emulator.url, "ni-dataops/bidsflux", gitlab_emulator.admin_token)
     assert cli("gitlab", "apply", "--root", str(repo_copy), env=env).exit_code == 0
     assert cli("gitlab", "plan", "--root", str(repo_copy), env=env).exit_code == 0
     # Wrong token and unreachable GitLab.

@@ -18,7 +18,7 @@ import pytest
 
 from bidsflux.gitlab.root_token import find_gitlab_container, root_token
 
-IMAGE = "bidsflux-test/gitlab-rails-standin:1"
+IMAGE = "bidsflux-test/gitlab-rails-standin:2"
 STANDIN = """#!/bin/busybox sh
 # STAND-IN for GitLab's gitlab-rails (tests only): record the arguments, then ask the emulator to do
 # what the Ruby code would do in GitLab's database.
@@ -28,7 +28,7 @@ for a in "$@"; do echo "$a" >> /tmp/rails-args; done
 echo "--" >> /tmp/rails-args
 case "$2" in
   *set_token*) $B wget -q -O - --post-data "user=$BIDSFLUX_ROOT_USER&name=$BIDSFLUX_TOKEN_NAME&scopes=$BIDSFLUX_TOKEN_SCOPES&days=$BIDSFLUX_TOKEN_DAYS&token=$BIDSFLUX_TOKEN" "$EMULATOR_URL/-/emulator/rails/mint" ;;
-  *revoke!*) $B wget -q -O - --post-data "name=$BIDSFLUX_TOKEN_NAME" "$EMULATOR_URL/-/emulator/rails/revoke" ;;
+  *revoke!*) $B wget -q -O - --post-data "name=$BIDSFLUX_TOKEN_NAME&id=$BIDSFLUX_TOKEN_ID" "$EMULATOR_URL/-/emulator/rails/revoke" ;;
   *) echo "stand-in: unknown script" >&2; exit 1 ;;
 esac
 """
@@ -44,7 +44,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o755) -> Non
 def standin_image(swarm_client_module):  # type: ignore[no-untyped-def]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        _add(tar, "Dockerfile", b"FROM scratch\nCOPY busybox /bin/busybox\nCOPY gitlab-rails /usr/bin/gitlab-rails\n"
+        # busybox applets (sh, wget) stand in for the omnibus image's shell and curl (readiness probe).
+        _add(tar, "Dockerfile", b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n"
+                                b"COPY gitlab-rails /usr/bin/gitlab-rails\n"
                                 b"ENTRYPOINT [\"/bin/busybox\", \"sleep\", \"600\"]\n", 0o644)
         with open("/bin/busybox", "rb") as fh:
             _add(tar, "busybox", fh.read())
@@ -77,6 +79,8 @@ def test_root_token_minted_in_gitlab_task_and_revoked(gitlab_emulator, standin_i
     container = client.containers.run(standin_image, detach=True, network_mode="host", name=f"{stack}-gitlab",
                                       environment={"EMULATOR_URL": gitlab_emulator.url},
                                       labels={"com.docker.swarm.service.name": f"{stack}_gitlab"})
+    # Another administrator's token with the same name, kept on purpose: never ours to revoke (fault 9).
+    kept = gitlab_emulator.create_token("root", ["api"], name="bidsflux-bootstrap")
     try:
         found = find_gitlab_container(client, stack)
         assert found.id == container.id
@@ -87,6 +91,7 @@ def test_root_token_minted_in_gitlab_task_and_revoked(gitlab_emulator, standin_i
             assert gl.user.is_admin and gl.personal_access_tokens.get("self").name == "bidsflux-bootstrap"
         with pytest.raises(gitlab.GitlabAuthenticationError):
             gitlab.Gitlab(gitlab_emulator.url, private_token=tok.value).auth()
+        assert gitlab_emulator.token_record(kept).active()  # only the token this run minted was revoked
         args = container.exec_run(["/bin/busybox", "cat", "/tmp/rails-args"]).output.decode()
         calls = [c.strip().splitlines() for c in args.split("--") if c.strip()]
         assert [c[0] for c in calls] == ["runner", "runner"]

@@ -75,15 +75,24 @@ def test_tokens_rotate_cli_never_prints_values(gitlab_emulator, repo_copy: Path)
     assert bad.exit_code == 1 and "nobody" in bad.output
 
 
+FLEET = {"deploy", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
+
+
+def _owners(gl) -> None:  # type: ignore[no-untyped-def]
+    """The group and project runners.yml scopes runners to (gitlab.yml creates them on a site)."""
+    group = gl.groups.create({"name": "NI", "path": "ni-dataops"})
+    gl.projects.create({"name": "bidsflux", "namespace_id": group.id})
+
+
 class RecordingSink(SecretSink):
     """Real docker secrets; also keeps the text written, since a swarm secret cannot be read back."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, *a, **k) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*a, **k)
         self.texts: dict[str, str] = {}
 
-    def write(self, logical: str, text: str) -> tuple[str, str]:
-        name, sid = super().write(logical, text)
+    def write(self, logical: str, text: str, labels: dict[str, str] | None = None) -> tuple[str, str]:
+        name, sid = super().write(logical, text, labels)
         self.texts[name] = text
         return name, sid
 
@@ -94,31 +103,71 @@ def test_runners_register_replace_and_prune(gitlab_emulator, site_repo, swarm_cl
     specs = runner_specs(load(root / "stack" / "runners.yml").data)
     secrets = config_secrets(load(root / "stack" / "bidsflux.stack.yml").data)
     gl = connect(gitlab_emulator.url, gitlab_emulator.admin_token)
+    _owners(gl)
     stray = gl.user.runners.create({"runner_type": "instance_type", "description": "old-hand-registered"})
     sink = RecordingSink(stack, lambda: swarm_client)
     first = register(gl, specs, secrets, "http://gitlab.localhost", sink)
-    assert set(first.registered) == {"dind", "processing", "processing-untagged"}
+    assert set(first.registered) == FLEET
     assert first.deleted == [stray.id] and sorted(first.not_deployed) == ["gitlab-runner", "gitlab-runner-dind"]
     processing = tomllib.loads(sink.texts[first.configs["gitlab-runner"]])
     by_name = {r["name"]: r for r in processing["runners"]}
-    assert set(by_name) == {"processing", "processing-untagged"}
+    assert set(by_name) == {"build", "processing", "processing-fuse", "processing-untagged"}
     assert processing["listen_address"] == "127.0.0.1:9252"
     p = by_name["processing"]
     assert p["url"] == "http://gitlab.localhost" and p["executor"] == "docker" and p["limit"] == 4
     assert gitlab_emulator.runner_by_token(p["token"]).tag_list == ["bids", "processing"]
-    assert p["docker"]["devices"] == ["/dev/fuse"] and p["docker"]["cap_add"] == ["SYS_ADMIN"]
-    dind = tomllib.loads(sink.texts[first.configs["gitlab-runner-dind"]])["runners"][0]
-    assert dind["docker"]["privileged"] is True and "/var/run/docker.sock:/var/run/docker.sock" in dind["docker"]["volumes"]
+    fuse = gitlab_emulator.runner_by_token(by_name["processing-fuse"]["token"])
+    assert fuse.runner_type == "group_type" and fuse.group_id == gl.groups.get("ni-dataops").id
+    assert by_name["processing-fuse"]["docker"]["cap_add"] == ["SYS_ADMIN"]
+    dind = {r["name"]: r for r in tomllib.loads(sink.texts[first.configs["gitlab-runner-dind"]])["runners"]}
+    deploy = gitlab_emulator.runner_by_token(dind["deploy"]["token"])
+    # The runner with the host's Docker socket: the bidsflux project's, locked, protected refs only.
+    assert (deploy.runner_type, deploy.project_id, deploy.locked, deploy.access_level) == (
+        "project_type", gl.projects.get("ni-dataops/bidsflux").id, True, "ref_protected")
+    assert "/var/run/docker.sock:/var/run/docker.sock" in dind["deploy"]["docker"]["volumes"]
+    assert dind["deploy"]["docker"]["privileged"] is False
+    assert gitlab_emulator.runner_by_token(dind["plan"]["token"]).access_level == "not_protected"
+    assert not any(v.startswith("/var/run/docker.sock") for v in dind["plan"]["docker"]["volumes"])
     # Re-registering replaces: exactly one runner per entry, the new ones, in new secret versions.
     second = register(gl, specs, secrets, "http://gitlab.localhost", sink)
     live = {r.description: r.id for r in gl.runners_all.list(get_all=True)}
-    assert len(gl.runners_all.list(get_all=True)) == 3
+    assert len(gl.runners_all.list(get_all=True)) == len(FLEET)
     assert live == second.registered and sorted(second.deleted) == sorted(first.registered.values())
     assert second.configs["gitlab-runner"].endswith("_v2")
     names = {s.name for s in swarm_client.secrets.list(filters={"label": f"io.bidsflux.stack={stack}"})}
     assert f"{stack}_runner_processing_config_v2" in names
-    # A failure while storing leaves no orphan runner behind.
+    # A failure while creating leaves no orphan runner behind.
     gitlab_emulator.fail_requests(r"^POST /user/runners$", 500, times=1)
     with pytest.raises(Exception):  # noqa: B017 - the UserError message is checked by the CLI tests
         register(gl, specs, secrets, "http://gitlab.localhost", sink, only={"processing"})
     assert {r.id for r in gl.runners_all.list(get_all=True)} == set(second.registered.values())
+
+
+@pytest.mark.integration
+def test_register_failing_part_way_keeps_switched_services_live(gitlab_emulator, site_repo, swarm_client) -> None:  # type: ignore[no-untyped-def]
+    """Fault 11: services already switched to their new config keep the runners whose tokens it holds."""
+    root, stack = site_repo
+    specs = runner_specs(load(root / "stack" / "runners.yml").data)
+    secrets = config_secrets(load(root / "stack" / "bidsflux.stack.yml").data)
+    gl = connect(gitlab_emulator.url, gitlab_emulator.admin_token)
+    _owners(gl)
+    sink = RecordingSink(stack, lambda: swarm_client)
+    # Services go in name order: gitlab-runner (4 runners) is stored, then gitlab-runner-dind's 2nd runner fails.
+    created: list[int] = []
+    orig = gl.user.runners.create
+
+    def flaky(data, **kw):  # type: ignore[no-untyped-def]
+        if len(created) == 5:
+            gitlab_emulator.fail_requests(r"^POST /user/runners$", 500, times=1)
+        r = orig(data, **kw)
+        created.append(r.id)
+        return r
+
+    gl.user.runners.create = flaky  # type: ignore[method-assign]
+    with pytest.raises(Exception):  # noqa: B017
+        register(gl, specs, secrets, "http://gitlab.localhost", sink)
+    stored = tomllib.loads(next(t for n, t in sink.texts.items() if "processing" in n))
+    for entry in stored["runners"]:  # every token in the stored config is a live runner
+        assert gitlab_emulator.runner_by_token(entry["token"]) is not None, entry["name"]
+    assert {r.description for r in gl.runners_all.list(get_all=True)} == {
+        "build", "processing", "processing-fuse", "processing-untagged"}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .model import (
     CRON_FIELD,
     MASKABLE,
+    MASKABLE_RAW,
     SEG,
     Ctx,
     HTTPError,
@@ -47,7 +48,10 @@ def _var_fields(c: Ctx, v: dict[str, Any]) -> dict[str, Any]:
         if c.params["variable_type"] not in ("env_var", "file"):
             raise HTTPError(400, {"error": "variable_type does not have a valid value"})
         out["variable_type"] = c.params["variable_type"]
-    if out["masked"] and not MASKABLE.match(out["value"]):
+    # app/models/concerns/ci/maskable.rb: `validates :value, format: {with: masked_regex}` -> Rails'
+    # "is invalid" under `value`, rendered by lib/api/ci/variables.rb render_validation_error! (400).
+    rule = MASKABLE_RAW if out["raw"] else MASKABLE
+    if out["masked"] and not rule.match(out["value"]):
         raise HTTPError(400, {"message": {"value": ["is invalid"]}})
     return out
 
@@ -108,13 +112,36 @@ def _check_cron(cron: str) -> None:
         raise HTTPError(400, {"message": {"cron": ["is invalid syntax"]}})
 
 
+FULL_REF = re.compile(r"\A(refs/tags/|refs/heads/)\S+")  # Ci::PipelineSchedule::VALID_REF_FORMAT_REGEX
+
+
+def _expand_ref(gl: GitLabEmulator, project: dict[str, Any], ref: str) -> str:
+    """The ref as GitLab 17 stores it, or 400 "is ambiguous".
+
+    app/services/ci/pipeline_schedules/base_save_service.rb (17.0+): a ref not matching
+    VALID_REF_FORMAT_REGEX goes through Ci::PipelineSchedule#expand_short_ref
+    (app/models/ci/pipeline_schedule.rb: `project.repository.expand_ref(ref)`, skipped when a branch
+    and a tag share the name); still short -> `errors.add(:ref, 'is ambiguous')` -> 400. So a short
+    ref that names no branch or tag (an empty repository) is refused; a full ref is not checked."""
+    if FULL_REF.match(ref):
+        return ref
+    branches, tags = gl.repo_refs(project)
+    if ref in branches and ref not in tags:
+        return f"refs/heads/{ref}"
+    if ref in tags and ref not in branches:
+        return f"refs/tags/{ref}"
+    raise HTTPError(400, {"message": {"ref": ["is ambiguous"]}})
+
+
 def _create_schedule(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     p = get_project(gl, c, c.args[0], level=30)
     assert c.user is not None
     require(c, "description", "ref", "cron")
     _check_cron(str(c.params["cron"]))
+    ref = _expand_ref(gl, p, str(c.params["ref"]))
     sid = gl.state.new_id("schedule")
-    s = {"id": sid, "description": str(c.params["description"]), "ref": str(c.params["ref"]),
+    # lib/api/entities/ci/pipeline_schedule.rb `expose :ref`: GET returns the stored, expanded ref.
+    s = {"id": sid, "description": str(c.params["description"]), "ref": ref,
          "cron": str(c.params["cron"]), "cron_timezone": str(c.params.get("cron_timezone") or "UTC"),
          "next_run_at": iso(now() + dt.timedelta(hours=1)), "active": as_bool(c.params.get("active", True)),
          "created_at": iso(now()), "updated_at": iso(now()), "owner": user_public(c.user),
@@ -127,6 +154,9 @@ def _update_schedule(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     s = _get_schedule(gl, c, level=30)
     if "cron" in c.params:
         _check_cron(str(c.params["cron"]))
+    if "ref" in c.params:  # update goes through the same BaseSaveService
+        project = gl.state.projects[s["_project"]]
+        c.params["ref"] = _expand_ref(gl, project, str(c.params["ref"]))
     for k in ("description", "ref", "cron", "cron_timezone"):
         if k in c.params:
             s[k] = str(c.params[k])

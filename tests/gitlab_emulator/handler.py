@@ -18,7 +18,15 @@ if TYPE_CHECKING:
 
 class RequestHandler(BaseHTTPRequestHandler):
     gitlab: GitLabEmulator
+    inside = False  # True on the listener that stands for the GitLab task's own localhost
     protocol_version = "HTTP/1.1"
+
+    def client_ip(self) -> str:
+        """The address GitLab attributes the request to (Rack::Request#ip, see the emulator's
+        published_source_ip): the gateway of docker_gwbridge for a host-mode published port."""
+        if not self.inside and self.gitlab.published_source_ip:
+            return self.gitlab.published_source_ip
+        return str(self.client_address[0])
 
     def setup(self) -> None:
         super().setup()
@@ -110,9 +118,11 @@ class RequestHandler(BaseHTTPRequestHandler):
                                           as_list(form.get("scopes")), exp)
                 self._send(200, f"bidsflux-token-id={tok.id}\n")
             elif path.endswith("/revoke"):
+                # PersonalAccessToken.active.where(id: ids, name: name).each(&:revoke!)
+                ids = {int(i) for i in str(form.get("id", "")).split(",") if i.strip().isdigit()}
                 n = 0
                 for t in gl.state.tokens.values():
-                    if t.name == form.get("name") and t.active():
+                    if t.id in ids and t.name == form.get("name") and t.active():
                         t.revoked, n = True, n + 1
                 self._send(200, f"bidsflux-revoked={n}\n")
             else:
@@ -122,6 +132,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         gl = self.gitlab
         with gl.lock:
             h = dict(gl.health)
+            allowed = gl.client_allowed(self.client_ip())
+        if path in ("/-/health", "/-/liveness", "/-/readiness") and not allowed:
+            if path == "/-/health":
+                # lib/gitlab/middleware/basic_health_check.rb: EMPTY_RESPONSE = [404, text/plain, [""]]
+                # unless Settings.monitoring.ip_whitelist includes request.ip.
+                self._send(404, "")
+            else:
+                # app/controllers/concerns/requires_allowlisted_monitoring_client.rb: render_404
+                # (GitLab's HTML not-found page) unless the client IP is allow-listed.
+                self._send(404, b"<!DOCTYPE html>\n<html><head><title>The page you're looking for could not be found (404)"
+                                b"</title></head><body><h1>404</h1></body></html>\n", {"Content-Type": "text/html; charset=utf-8"})
+            return
         if path == "/-/health":
             self._send(200 if h["live"] and h["ready"] else 503, "GitLab OK" if h["ready"] else "GitLab not OK")
         elif path == "/-/liveness":
@@ -206,7 +228,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if writing and not may_write:
             self._send(403, "You are not allowed to push code to this project.")
             return
-        repo_dir = gl.git_root / f"{project['id']}.git"
+        repo_dir = gl.repo_dir(project)
         if not repo_dir.exists():
             subprocess.run(["git", "init", "-q", "--bare", "-b", project["default_branch"] or "main", str(repo_dir)],
                            check=True)

@@ -16,8 +16,14 @@ ACCESS_LEVELS = {0: "No access", 30: "Developers + Maintainers", 40: "Maintainer
 SCOPES = {"api", "read_api", "read_user", "read_repository", "write_repository", "read_registry",
           "write_registry", "sudo", "admin_mode", "create_runner", "manage_runner", "k8s_proxy",
           "ai_features", "self_rotate"}
-# GitLab's rule for masked variable values: 8+ characters of the Base64 alphabet plus @:.~-_+=/
-MASKABLE = re.compile(r"^[A-Za-z0-9@:.~\-_+=/]{8,}$")
+# Masked variable values, app/models/concerns/ci/maskable.rb (17.x): REGEX when the variable is
+# expanded (raw false): 8+ characters of the Base64 alphabet plus @:.~-_+=/; MASK_AND_RAW_REGEX when
+# raw (expansion off): any 8+ non-whitespace characters, one line.
+MASKABLE = re.compile(r"\A[a-zA-Z0-9_+=/@:.~-]{8,}\Z")
+MASKABLE_RAW = re.compile(r"\A\S{8,}\Z")
+# lib/gitlab/import_sources.rb values accepted by PUT /application/settings import_sources
+# (lib/api/settings.rb `values: %w[github bitbucket bitbucket_server fogbugz git gitlab_project gitea manifest]`).
+IMPORT_SOURCES = {"github", "bitbucket", "bitbucket_server", "fogbugz", "git", "gitlab_project", "gitea", "manifest"}
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?]+$")
 
 
@@ -111,6 +117,8 @@ class Runner:
     contacted_at: dt.datetime | None = None
     online: bool = False
     version: str | None = None
+    group_id: int | None = None
+    project_id: int | None = None
 
     def status(self) -> str:
         if self.contacted_at is None:
@@ -132,8 +140,11 @@ class Runner:
         d.update({"tag_list": list(self.tag_list), "run_untagged": self.run_untagged, "locked": self.locked,
                   "access_level": self.access_level, "maximum_timeout": self.maximum_timeout,
                   "contacted_at": iso(self.contacted_at), "created_at": iso(self.created_at),
-                  "maintenance_note": None, "version": self.version, "projects": [], "groups": [],
-                  "token_expires_at": iso(self.token_expires_at)})
+                  "maintenance_note": None, "version": self.version,
+                  "projects": [{"id": self.project_id}] if self.project_id else [],
+                  "groups": [{"id": self.group_id}] if self.group_id else []})
+        # Entities::Ci::RunnerDetails has no token_expires_at (gitlab-org/gitlab#627823 "Runner details
+        # API does not return token_expires_at field"); only the create answer and POST /runners/verify do.
         return d
 
 
@@ -153,6 +164,11 @@ class State:
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
     merge_requests: dict[int, dict[str, Any]] = field(default_factory=dict)
     notes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Application settings. import_sources defaults to [] on instances created with 16.0+
+    # (config/initializers/1_settings.rb `Settings.gitlab['import_sources'] ||= []`, MR gitlab-org/gitlab!118970).
+    settings: dict[str, Any] = field(default_factory=lambda: {
+        "import_sources": [], "allow_local_requests_from_web_hooks_and_services": False,
+        "valid_runner_registrars": ["project", "group"]})
 
     def new_id(self, kind: str) -> int:
         self.next_id[kind] = self.next_id.get(kind, 0) + 1

@@ -159,8 +159,10 @@ def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
         raise HTTPError(400, {"message": {"project_namespace.name": ["has already been taken"],
                                           "name": ["has already been taken"], "path": ["has already been taken"]}})
     import_url = c.params.get("import_url")
-    if import_url and not re.match(r"^(https?|git|ssh)://", str(import_url)):
-        raise HTTPError(400, {"message": {"import_url": ["is blocked: Only allowed schemes are http, https, ssh, git"]}})
+    if import_url and not re.match(r"^(https?|git)://", str(import_url)):
+        raise HTTPError(400, {"message": {"import_url": ["is blocked: Only allowed schemes are http, https, git"]}})
+    if import_url:
+        _check_import(gl, str(import_url))
     pid = gl.state.new_id("project")
     p: dict[str, Any] = {
         "id": pid, "name": name, "path": path, "path_with_namespace": full, "name_with_namespace": f"{namespace['name']} / {name}",
@@ -169,7 +171,7 @@ def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
         "web_url": f"{gl.url}/{full}", "http_url_to_repo": f"{gl.url}/{full}.git",
         "ssh_url_to_repo": f"ssh://git@{gl.ssh_authority}/{full}.git", "created_at": iso(now()),
         "import_url": str(import_url) if import_url else None,
-        "import_status": "finished" if import_url else "none", "import_type": "git" if import_url else None,
+        "import_status": "scheduled" if import_url else "none", "import_type": "git" if import_url else None,
         "import_error": None, "mirror": False, "empty_repo": not bool(import_url), "archived": False,
         "only_allow_merge_if_pipeline_succeeds": False, "only_allow_merge_if_all_discussions_are_resolved": False,
         "merge_method": "merge", "ci_config_path": None, "remove_source_branch_after_merge": True,
@@ -182,9 +184,47 @@ def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     gl.state.projects[pid] = p
     gl.state.protected[pid] = {}
     if import_url:
+        _run_import(gl, p, str(import_url))
         # An imported project protects its default branch like any new project does.
-        gl.state.protected[pid]["main"] = _pb_record(gl, "main", 40, 40)
+        gl.state.protected[pid][p["default_branch"] or "main"] = _pb_record(gl, p["default_branch"] or "main", 40, 40)
     return _project_public(gl, p)
+
+
+def _check_import(gl: GitLabEmulator, url: str) -> None:
+    """POST /projects with import_url, in GitLab's order:
+    1. lib/api/helpers/projects_helpers.rb validate_git_import_url! probes the remote
+       (app/services/import/validate_remote_git_endpoint_service.rb): unreachable -> 422
+       "Unable to access repository with the URL and credentials provided";
+    2. app/services/projects/create_service.rb validate_import_source_enabled!: import_type `git`
+       (lib/api/projects.rb add_import_params) must be in application setting import_sources, else
+       lib/api/projects.rb `forbidden!` -> plain 403 (the reason is not in the body)."""
+    import subprocess
+
+    probe = subprocess.run(["git", "ls-remote", "--heads", url], capture_output=True, timeout=30, check=False,
+                           env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"})
+    if probe.returncode != 0:
+        raise HTTPError(422, {"message": "Unable to access repository with the URL and credentials provided"})
+    if "git" not in gl.state.settings["import_sources"]:
+        raise HTTPError(403, {"message": "403 Forbidden"})
+
+
+def _run_import(gl: GitLabEmulator, p: dict[str, Any], url: str) -> None:
+    """The import worker (RepositoryImportWorker): a mirror clone; import_status ends `finished`
+    or `failed` with import_error (GET /projects/:id/import)."""
+    import subprocess
+
+    repo = gl.repo_dir(p)
+    done = subprocess.run(["git", "clone", "-q", "--mirror", url, str(repo)], capture_output=True, text=True,
+                          timeout=120, check=False, env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        p["import_status"], p["import_error"] = "failed", (done.stderr.strip().splitlines() or ["clone failed"])[-1]
+        return
+    subprocess.run(["git", "-C", str(repo), "config", "http.receivepack", "true"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "symbolic-ref", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip()
+    branches, _ = gl.repo_refs(p)
+    p["default_branch"] = head if head in branches else (sorted(branches)[0] if branches else None)
+    p["import_status"], p["empty_repo"] = "finished", not branches
 
 
 def _update_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:

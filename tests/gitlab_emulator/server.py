@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from . import ci, issues, keys, projects, runners, users
+from . import ci, issues, keys, projects, runners, settings, users
 from .handler import RequestHandler
 from .model import Ctx, Handler, HTTPError, Request, Runner, State, Token, iso, member_level, now
 
 # Each route module contributes `routes(gl)`; a new endpoint family is a new module listed here.
-ROUTE_MODULES = [users, projects, ci, runners, issues, keys]
+ROUTE_MODULES = [users, projects, ci, runners, issues, keys, settings]
 
 
 class GitLabEmulator:
@@ -77,6 +77,16 @@ class GitLabEmulator:
         root = self.add_user("root", "Administrator", "admin@example.com", admin=True)
         self.admin_token = self.create_token(root["username"], ["api", "sudo", "admin_mode"], name="emulator-admin")
         self.routes = compile_routes(self)
+        # Client addresses allowed to see /-/health, /-/readiness, /-/liveness: omnibus default of
+        # gitlab_rails['monitoring_whitelist'] (doc/administration/monitoring/ip_allowlist.md).
+        self.monitoring_allowlist: list[str] = ["127.0.0.0/8", "::1/128"]
+        # What GitLab sees as the client address of a request on `url`. None: the TCP peer. A swarm
+        # port published in host mode reaches the task through docker_gwbridge, so GitLab sees the
+        # bridge's gateway (e.g. 172.18.0.1), not 127.0.0.1; tests set that here. `inside_url` is a
+        # second listener standing for the task's own localhost (what `docker exec ... curl` reaches).
+        self.published_source_ip: str | None = None
+        self.inside_server: ThreadingHTTPServer | None = None
+        self.inside_url = ""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> GitLabEmulator:
@@ -92,6 +102,15 @@ class GitLabEmulator:
             user["web_url"] = f"{self.url}/{user['username']}"
         self.thread = threading.Thread(target=self.server.serve_forever, name="gitlab-emulator", daemon=True)
         self.thread.start()
+
+        class _Inside(RequestHandler):
+            gitlab = emulator
+            inside = True
+
+        self.inside_server = ThreadingHTTPServer(("127.0.0.1", 0), _Inside)
+        self.inside_server.daemon_threads = True
+        self.inside_url = f"http://127.0.0.1:{self.inside_server.server_address[1]}"
+        threading.Thread(target=self.inside_server.serve_forever, name="gitlab-emulator-inside", daemon=True).start()
         return self
 
     def serve_unix(self, path: str) -> None:
@@ -99,10 +118,11 @@ class GitLabEmulator:
         serve_unix(self, path)
 
     def stop(self, keep_git: bool = False) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        for srv in (self.server, self.inside_server):
+            if srv is not None:
+                srv.shutdown()
+                srv.server_close()
+        self.server = self.inside_server = None
         for server in self.__dict__.pop("unix_servers", []):
             server.shutdown()
             server.server_close()
@@ -190,6 +210,15 @@ class GitLabEmulator:
             r.contacted_at = contacted_at or (now() if online else (r.contacted_at or now() - dt.timedelta(hours=3)))
             r.version = r.version or "17.11.0"
 
+    runner_token_expiration_interval: int | None = None  # seconds; application setting, default unset
+
+    def runner_token_expiry(self) -> dt.datetime | None:
+        """token_expires_at of a new runner token: set only when an admin configured
+        runner_token_expiration_interval (default nil -> tokens never expire)."""
+        if self.runner_token_expiration_interval is None:
+            return None
+        return now() + dt.timedelta(seconds=self.runner_token_expiration_interval)
+
     def set_runner_token_expiry(self, runner_id: int, expires_at: dt.datetime | None) -> None:
         with self.lock:
             self.state.runners[runner_id].token_expires_at = expires_at
@@ -198,6 +227,50 @@ class GitLabEmulator:
                    failing_checks: tuple[str, ...] = ()) -> None:
         with self.lock:
             self.health = {"ready": ready, "live": live, "registry": registry, "failing": set(failing_checks)}
+
+    def repo_dir(self, project: dict[str, Any]) -> Path:
+        return self.git_root / f"{project['id']}.git"
+
+    def repo_refs(self, project: dict[str, Any]) -> tuple[set[str], set[str]]:
+        """(branches, tags) of the project's repository (empty sets for an empty repository)."""
+        import subprocess
+
+        repo = self.repo_dir(project)
+        if not repo.exists():
+            return set(), set()
+        out = subprocess.run(["git", "-C", str(repo), "for-each-ref", "--format=%(refname)"],
+                             capture_output=True, text=True, check=False).stdout.split()
+        return ({r[len("refs/heads/"):] for r in out if r.startswith("refs/heads/")},
+                {r[len("refs/tags/"):] for r in out if r.startswith("refs/tags/")})
+
+    def ref_protected(self, project: dict[str, Any], ref: str) -> bool:
+        """Project#protected_for?(ref) (app/models/project.rb): only a branch or tag ref can be
+        protected; refs/merge-requests/<iid>/head (merge-request pipelines) never is in 17.x."""
+        if ref.startswith("refs/heads/"):
+            name = ref[len("refs/heads/"):]
+        elif ref.startswith("refs/tags/") or ref.startswith("refs/merge-requests/"):
+            return False
+        else:
+            name = ref
+        return name in self.state.protected.get(project["id"], {})
+
+    def pipeline_variables(self, project_path: str, ref: str) -> dict[str, str]:
+        """Instance variables a pipeline for `ref` receives: lib/gitlab/ci/variables/builder.rb
+        filters secret variables with `protected_ref: project.protected_for?(pipeline.jobs_git_ref)`
+        (Ci::InstanceVariable.unprotected_cached otherwise). Merge-request pipelines run on
+        refs/merge-requests/<iid>/head and get no protected variable (doc/ci/pipelines/merge_request_pipelines.md)."""
+        with self.lock:
+            project = self.project_by_ref(project_path)
+            if project is None:
+                raise KeyError(project_path)
+            protected = self.ref_protected(project, ref)
+            return {k: v["value"] for k, v in self.state.variables.items() if protected or not v["protected"]}
+
+    def client_allowed(self, ip: str) -> bool:
+        import ipaddress
+
+        addr = ipaddress.ip_address(ip)
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.monitoring_allowlist)
 
     def fail_requests(self, pattern: str, status: int = 500, times: int = 1) -> None:
         """The next `times` API requests whose 'METHOD /path' matches `pattern` answer `status`."""

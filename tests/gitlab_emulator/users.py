@@ -98,6 +98,8 @@ def _expiry(c: Ctx, default_days: int) -> dt.date:
         exp = _parse_date(c.params["expires_at"], "expires_at")
     else:
         exp = now().date() + dt.timedelta(days=default_days)
+    # app/models/personal_access_token.rb expires_at_before_instance_max_expiry_date:
+    # max = Date.current.advance(days: 365); Date.current is the server's date in UTC.
     limit = now().date() + dt.timedelta(days=365)
     if exp > limit:
         raise HTTPError(400, {"message": {"expires_at": [f"must be before {limit.isoformat()}"]}})
@@ -169,7 +171,15 @@ def _rotate(gl: GitLabEmulator, c: Ctx, ref: str) -> dict[str, Any]:
     if not old.active():
         raise HTTPError(400, {"message": "400 Bad request - Token already revoked" if old.revoked
                               else "400 Bad request - Token expired"})
-    exp = _expiry(c, 7)
+    try:
+        exp = _expiry(c, 7)  # rotate_service.rb: no expires_at -> 1.week.from_now
+    except HTTPError as exc:
+        # lib/api/helpers/personal_access_tokens_helpers.rb rotate_token: bad_request!(service.message),
+        # the model error as a full message ("Expiration date" is how expires_at humanises).
+        msg = exc.body.get("message") if isinstance(exc.body, dict) else None
+        if isinstance(msg, dict) and "expires_at" in msg:
+            raise HTTPError(400, {"message": f"400 Bad request - Expiration date {msg['expires_at'][0]}"}) from None
+        raise
     old.revoked = True
     new = gl.mint(old.user_id, old.name, old.scopes, exp, family=old.family)
     new.description = old.description

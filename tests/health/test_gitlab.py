@@ -123,11 +123,11 @@ def test_runners_online_and_tags_served(site: Path, gitlab_emulator: Any) -> Non
     assert code == 1 and check["status"] == "fail"
     assert any(f"runner processing (#{ids['processing']}) is offline" in d for d in check["details"]), check
 
-    # The dind runner is the only one serving the `validate` job's tag: its going offline
+    # The deploy runner is the only one serving the `deploy` job's tags: its going offline
     # leaves that job without a runner.
-    gitlab_emulator.set_runner_online(ids["dind"], False)
+    gitlab_emulator.set_runner_online(ids["deploy"], False)
     code, data, _ = health(site, gitlab_emulator, "runners", env=env)
-    assert any("CI job validate needs dind" in d and "no online runner serves it" in d
+    assert any("CI job deploy needs dind" in d and "no online runner serves it" in d
                for d in data["checks"][0]["details"]), data
 
 
@@ -137,7 +137,7 @@ def test_unregistered_runner_and_missing_admin_token(site: Path, gitlab_emulator
     assert data["checks"][0]["fix"].startswith("set BIDSFLUX_SECRET_")
     env = {"BIDSFLUX_SECRET_GITLAB_ADMIN_TOKEN": gitlab_emulator.admin_token}
     code, data, _ = health(site, gitlab_emulator, "runners", env=env)
-    assert code == 1 and any("runner dind is not registered in GitLab" in d for d in data["checks"][0]["details"])
+    assert code == 1 and any("runner deploy is not registered in GitLab" in d for d in data["checks"][0]["details"])
 
 
 def test_runner_contact_window_comes_from_site(site: Path, gitlab_emulator: Any) -> None:

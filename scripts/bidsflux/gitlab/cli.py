@@ -16,6 +16,7 @@ from bidsflux.diagnostics import UserError
 from bidsflux.gitlab.objects import site_url
 
 DEFAULT_TOKEN_ENV = "BIDSFLUX_GITLAB_TOKEN"
+TOKEN_ID_LABEL = "io.bidsflux.gitlab-token-id"  # on the docker secret holding a minted admin token
 
 
 @dataclass
@@ -179,20 +180,23 @@ def register(main: click.Group) -> None:
         container = find_gitlab_container(client, stack)
         logical = "gitlab_admin_token"
         if revoke:
-            n = revoke_root_tokens(container)
-            removed = 0
-            for sec in client.secrets.list(filters={"label": [f"{secretstore.LABEL_STACK}={stack}",
-                                                              f"{secretstore.LABEL_SECRET}={logical}"]}):
+            # Only tokens this command minted: their ids are labels of the secrets holding them.
+            stored = client.secrets.list(filters={"label": [f"{secretstore.LABEL_STACK}={stack}",
+                                                            f"{secretstore.LABEL_SECRET}={logical}"]})
+            ids = [int(i) for sec in stored
+                   if (i := (sec.attrs["Spec"].get("Labels") or {}).get(TOKEN_ID_LABEL, "")).isdigit()]
+            n = revoke_root_tokens(container, ids)
+            for sec in stored:
                 sec.remove()
-                removed += 1
-            click.echo(f"revoked {n} bootstrap token(s); removed {removed} docker secret(s)")
+            click.echo(f"revoked {n} bootstrap token(s); removed {len(stored)} docker secret(s)")
             return
         tok = mint_root_token(container, days)
         try:
             version = live_version(client, stack, logical) + 1
-            secretstore.create_secret(client, stack, logical, version, tok.value)
+            secretstore.create_secret(client, stack, logical, version, tok.value,
+                                      extra_labels={TOKEN_ID_LABEL: str(tok.id)})
         except BaseException:
-            revoke_root_tokens(container)
+            revoke_root_tokens(container, [tok.id])
             raise
         click.echo(f"{tok} stored in docker secret {stack}_{logical}_v{version}; revoke with "
                    "`bidsflux gitlab root-token --revoke`")

@@ -22,6 +22,8 @@ from rich.table import Table
 
 from bidsflux.diagnostics import UserError, clip
 from bidsflux.gitlab.objects import (
+    KINDS,
+    SCHEDULE_KINDS,
     ApplyResult,
     Plan,
     apply,
@@ -74,6 +76,38 @@ def _probe(url: str) -> tuple[bool, str]:
     except ValueError:
         pass
     return False, f"HTTP {resp.status_code}" + (f", failing: {', '.join(failing)}" if failing else "")
+
+
+# GitLab answers /-/readiness only to addresses in gitlab_rails['monitoring_whitelist'] (default
+# 127.0.0.0/8, ::1/128; requires_allowlisted_monitoring_client.rb renders 404 otherwise). Through a
+# host-mode published port the request arrives from docker_gwbridge's gateway, not 127.0.0.1, so
+# the probe runs inside the GitLab task, where it comes from localhost. The omnibus image has curl;
+# BIDSFLUX_READINESS_URL in the task's environment overrides the URL (GitLab's nginx listens on 80).
+PROBE_SH = (
+    'u="${BIDSFLUX_READINESS_URL:-http://127.0.0.1/-/readiness?all=1}"; '
+    'if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -w "%{http_code}" --max-time 5 "$u"; '
+    'else wget -q -O /dev/null "$u" && echo 200 || echo failed; fi'
+)
+
+
+def task_probe(container_finder: Callable[[], Any]) -> Callable[[str], tuple[bool, str]]:
+    """A readiness probe that runs in the GitLab task (found anew each time: the task may not exist yet)."""
+
+    def probe(_url: str) -> tuple[bool, str]:
+        try:
+            container = container_finder()
+        except UserError as exc:
+            return False, str(exc)
+        try:
+            code, out = container.exec_run(["sh", "-c", PROBE_SH])
+        except Exception as exc:  # noqa: BLE001 - the task may be restarting; keep waiting
+            return False, f"cannot exec in the GitLab task ({type(exc).__name__})"
+        answer = (out or b"").decode(errors="replace").strip()
+        if code == 0 and answer == "200":
+            return True, "ready"
+        return False, f"HTTP {answer}" if answer.isdigit() else f"not answering inside the task ({answer[:80] or code})"
+
+    return probe
 
 
 def wait_ready(url: str, timeout: float, console: Console, interval: float = 2.0,
@@ -194,11 +228,13 @@ def run(ctx: Any, console: Console, ready_timeout_s: float | None = None, contai
     timeout = ready_timeout(ready_timeout_s)
     console.print("GitLab day zero: admin token, gitlab.yml, repository push, runner registration")
     started = time.monotonic()
+    def finder() -> Any:
+        return container if container is not None else find_gitlab_container(ctx.client, ctx.stack)
+
     with _resumable(ctx, f"waiting for GitLab at {url}"):
-        waited = wait_ready(url, timeout, console, poll_interval)
+        waited = wait_ready(url, timeout, console, poll_interval, probe=task_probe(finder))
     with _resumable(ctx, f"looking for the running task of service {ctx.stack}_gitlab"):
-        if container is None:
-            container = find_gitlab_container(ctx.client, ctx.stack)
+        container = finder()
     values_file = str(ctx.site["secrets"]["file"])
     with _resumable(ctx, f"reading the secrets values file {values_file}"):
         try:
@@ -295,10 +331,15 @@ def gitlab_day_zero(repo: Any, gitlab_url: str, admin_token: str, *, stack: str,
     with gitlab_errors("reading GitLab objects", gitlab_url, secrets_known):
         plan = diff(want, observe(gl, want))
     store = TokenStore(gl, stack, values_file, (lambda: docker_client) if docker_client is not None else None)
-    applied = apply(gl, want, plan, store, gitlab_url)
+    first = tuple(k for k in KINDS if k not in SCHEDULE_KINDS)
+    applied = apply(gl, want, plan, store, gitlab_url, kinds=first, token=admin_token)
     pushed = None
     target = want.self_project
     if push and target is not None:
         push_repository(Path(repo.root), gitlab_url, target.path, admin_token, ref)
         pushed = target.path
+    # Schedules last: GitLab 17 refuses a schedule whose ref does not exist yet
+    # (app/services/ci/pipeline_schedules/base_save_service.rb), so the branch must be pushed first.
+    later = apply(gl, want, plan, store, gitlab_url, kinds=SCHEDULE_KINDS, token=admin_token)
+    applied.done += later.done
     return DayZeroResult(plan, applied, pushed)

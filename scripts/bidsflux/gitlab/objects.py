@@ -31,6 +31,17 @@ DEFAULT_REF = "main"
 # ---------------------------------------------------------------------------------- desired state
 
 
+def utc_today() -> dt.date:
+    """GitLab's Date.current (UTC): token expiry limits are counted from it, not from local time."""
+    return dt.datetime.now(dt.UTC).date()
+
+
+def full_ref(ref: str) -> str:
+    """A schedule ref as GitLab 17 stores it: a short branch name expands to refs/heads/<name>
+    (Ci::PipelineSchedule#expand_short_ref); a full ref stays."""
+    return ref if ref.startswith(("refs/heads/", "refs/tags/")) else f"refs/heads/{ref}"
+
+
 @dataclass
 class TokenSpec:
     name: str
@@ -38,6 +49,7 @@ class TokenSpec:
     expires_in_days: int
     secret: str | None = None  # logical docker secret receiving new values
     variable: str | None = None  # instance CI variable receiving new values
+    variable_protected: bool = True  # False only for a read-only token MR pipelines must receive
 
 
 @dataclass
@@ -110,7 +122,7 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
     secret_values = secret_values or {}
     bots = site.get("bots") or {}
     email_domain = bots.get("email_domain", "localhost")
-    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_expiry_warn_days", 30)))
+    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_warn_days", 30)))
     for key, u in (gitlab_doc.get("users") or {}).items():
         username = str(bots.get(key, key))  # site.yml bots.<key> names the bot when present
         tok = u.get("token")
@@ -118,7 +130,7 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
             key=key, username=username, name=u["name"], email=f"{username}@{email_domain}",
             admin=bool(u.get("admin", False)),
             token=TokenSpec(tok["name"], list(tok["scopes"]), int(tok["expires_in_days"]), tok.get("secret"),
-                            tok.get("variable")) if tok else None))
+                            tok.get("variable"), bool(tok.get("variable_protected", True))) if tok else None))
     for path, g in (gitlab_doc.get("groups") or {}).items():
         out.groups[path] = {"name": g.get("name", path.rsplit("/", 1)[-1]), "visibility": g.get("visibility", "private")}
     for path, p in (gitlab_doc.get("projects") or {}).items():
@@ -276,6 +288,25 @@ class Observed:
     protected: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # project -> branch -> levels
     variables: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     schedules: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # name -> attrs (+variables)
+    import_sources: list[str] | None = None  # application setting, read only when an import is due
+    unreadable: list[str] = field(default_factory=list)  # what a read-only (MR plan) token may not read
+
+
+def _readonly_guard(obs: Observed, what: str, read: Callable[[], Any]) -> Any:
+    """Admin-only reads (other users' tokens, instance variables, settings) with a read-only token:
+    a note instead of an error, so merge-request plans run with a read_api token of a non-admin bot."""
+    import gitlab
+
+    try:
+        return read()
+    except (gitlab.GitlabAuthenticationError, gitlab.GitlabGetError, gitlab.GitlabListError) as exc:
+        if exc.response_code in (401, 403):
+            obs.unreadable.append(what)
+            return _UNREADABLE
+        raise
+
+
+_UNREADABLE = object()
 
 
 def _levels(pb: Mapping[str, Any], key: str) -> int:
@@ -290,8 +321,10 @@ def observe(gl: Any, want: Desired) -> Observed:
         found = [x for x in gl.users.list(username=u.username, get_all=False) if x.username == u.username]
         obs.users[u.username] = found[0].asdict() if found else None
         if found and u.token:
-            obs.tokens[u.username] = [t.asdict() for t in gl.personal_access_tokens.list(
-                user_id=found[0].id, state="active", get_all=True) if t.name == u.token.name]
+            listed = _readonly_guard(obs, f"tokens of {u.username}", lambda uid=found[0].id: gl.personal_access_tokens.list(
+                user_id=uid, state="active", get_all=True))
+            if listed is not _UNREADABLE:
+                obs.tokens[u.username] = [t.asdict() for t in listed if t.name == u.token.name]
     for path in want.groups:
         g = _get_or_none(lambda p=path: gl.groups.get(p))
         obs.groups[path] = g.asdict() if g else None
@@ -310,13 +343,16 @@ def observe(gl: Any, want: Desired) -> Observed:
             for s in schedules:
                 hit = live.get(s.name)
                 obs.schedules[s.name] = proj.pipelineschedules.get(hit.id).asdict() if hit else None
-    for v in want.variables:
-        var = _get_or_none(lambda k=v.key: gl.variables.get(k))
-        obs.variables[v.key] = var.asdict() if var else None
-    for u in want.users:
-        if u.token and u.token.variable:
-            var = _get_or_none(lambda k=u.token.variable: gl.variables.get(k))
-            obs.variables[u.token.variable] = var.asdict() if var else None
+    if any(is_url(p.mirror_from) and obs.projects.get(p.path) is None for p in want.projects):
+        settings = _readonly_guard(obs, "application settings", gl.settings.get)
+        if settings is not _UNREADABLE:
+            obs.import_sources = list(settings.asdict().get("import_sources") or [])
+    keys = [v.key for v in want.variables] + [u.token.variable for u in want.users if u.token and u.token.variable]
+    for key in keys:
+        var = _readonly_guard(obs, f"instance variable {key}", lambda k=key: _get_or_none(lambda: gl.variables.get(k)))
+        if var is _UNREADABLE:
+            continue
+        obs.variables[key] = var.asdict() if var else None
     return obs
 
 
@@ -326,12 +362,14 @@ def observe(gl: Any, want: Desired) -> Observed:
 def _days_left(expires_at: str | None) -> float:
     if not expires_at:
         return float("inf")
-    return (dt.date.fromisoformat(expires_at[:10]) - dt.date.today()).days
+    return (dt.date.fromisoformat(expires_at[:10]) - utc_today()).days
 
 
 def diff(want: Desired, obs: Observed) -> Plan:
     plan = Plan()
     add = plan.changes.append
+    if obs.unreadable:
+        plan.notes.append("read-only token: not checked (administrators only): " + ", ".join(obs.unreadable))
     for u in want.users:
         live = obs.users.get(u.username)
         if live is None:
@@ -344,7 +382,9 @@ def diff(want: Desired, obs: Observed) -> Plan:
                 d["admin"] = {"from": bool(live["is_admin"]), "to": u.admin}
             if d:
                 add(Change("update", "user", u.username, d))
-        if u.token:
+        if u.token and live is not None and u.username not in obs.tokens and obs.unreadable:
+            pass  # its tokens were not readable with this token (read-only plan): see the note
+        elif u.token:
             tokens = obs.tokens.get(u.username) or []
             current = max(tokens, key=lambda t: t.get("expires_at") or "9999") if tokens else None
             label = f"{u.username}/{u.token.name}"
@@ -368,12 +408,18 @@ def diff(want: Desired, obs: Observed) -> Plan:
             d = {k: {"from": live.get(k), "to": v} for k, v in g.items() if live.get(k) != v}
             if d:
                 add(Change("update", "group", path, d))
+    if obs.import_sources is not None and "git" not in obs.import_sources:
+        # Import sources are off on instances created with GitLab 16.0+ (gitlab-org/gitlab!118970):
+        # POST /projects with import_url answers a bare 403 until `git` is enabled.
+        add(Change("update", "setting", "import_sources",
+                   {"import_sources": {"from": obs.import_sources, "to": [*obs.import_sources, "git"]}},
+                   reason="gitlab.yml imports a project by URL (mirror_from)"))
     for p in want.projects:
         live = obs.projects.get(p.path)
         if live is None:
             d: dict[str, Any] = {}
             if p.mirror_from:
-                d["import_url"] = {"from": None, "to": p.mirror_from}
+                d["import_url" if is_url(p.mirror_from) else "pushed_from"] = {"from": None, "to": p.mirror_from}
             d.update({k: {"from": None, "to": v} for k, v in p.settings.items()})
             add(Change("create", "project", p.path, d))
             for b, lv in p.protected_branches.items():
@@ -389,6 +435,8 @@ def diff(want: Desired, obs: Observed) -> Plan:
             elif live_pbs[b] != lv:
                 add(Change("update", "protected_branch", f"{p.path}:{b}", _pb_details(live_pbs[b], lv)))
     for v in want.variables:
+        if v.key not in obs.variables and obs.unreadable:
+            continue  # not readable with this token (read-only plan): see the note
         live = obs.variables.get(v.key)
         if live is None:
             if v.value is None:
@@ -411,7 +459,9 @@ def diff(want: Desired, obs: Observed) -> Plan:
             for k in s.variables:
                 add(Change("create", "schedule_variable", f"{s.name}:{k}"))
             continue
-        d = {k: {"from": live.get(k), "to": getattr(s, k)} for k in ("cron", "ref") if live.get(k) != getattr(s, k)}
+        d = {k: {"from": live.get(k), "to": getattr(s, k)} for k in ("cron",) if live.get(k) != getattr(s, k)}
+        if full_ref(str(live.get("ref") or "")) != full_ref(s.ref):
+            d["ref"] = {"from": live.get("ref"), "to": s.ref}
         if not live.get("active", True):
             d["active"] = {"from": False, "to": True}
         if d:
@@ -425,6 +475,11 @@ def diff(want: Desired, obs: Observed) -> Plan:
         for k in live_vars.keys() - s.variables.keys():
             add(Change("delete", "schedule_variable", f"{s.name}:{k}"))
     return plan
+
+
+def is_url(source: str | None) -> bool:
+    """mirror_from is a URL GitLab imports from, else a local clone or bundle bidsflux pushes (offline)."""
+    return bool(source) and "://" in str(source)
 
 
 def _pb_details(live: Mapping[str, int] | None, want: Mapping[str, int]) -> dict[str, Any]:
@@ -449,12 +504,19 @@ class ApplyResult:
     stored: dict[str, list[str]] = field(default_factory=dict)  # token label -> where its value went
 
 
-def apply(gl: Any, want: Desired, plan: Plan, store: TokenStore | None, url: str = "") -> ApplyResult:
+SCHEDULE_KINDS = ("schedule", "schedule_variable")
+# Apply order: settings and users first (tokens need them), groups before projects, projects
+# before their branches and schedules; token changes last.
+KINDS = ("setting", "user", "group", "project", "protected_branch", "variable", "schedule", "schedule_variable", "token")
+
+
+def apply(gl: Any, want: Desired, plan: Plan, store: TokenStore | None, url: str = "",
+          kinds: tuple[str, ...] | None = None, token: str = "") -> ApplyResult:
     """Perform `plan`. Users first (tokens need them), groups before projects, projects before their
     branches and schedules. Token values are stored (TokenStore) before anything else happens."""
     result = ApplyResult()
     secrets = want.secret_values()
-    order = ["user", "group", "project", "protected_branch", "variable", "schedule", "schedule_variable", "token"]
+    order = [k for k in KINDS if kinds is None or k in kinds]
     users = {u.username: u for u in want.users}
     projects = {p.path: p for p in want.projects}
     variables = {v.key: v for v in want.variables}
@@ -462,7 +524,7 @@ def apply(gl: Any, want: Desired, plan: Plan, store: TokenStore | None, url: str
     for kind in order:
         for c in [c for c in plan.changes if c.kind == kind]:
             with gitlab_errors(f"applying '{c.line()}'", url or gl.url, secrets):
-                _apply_one(gl, c, users, projects, variables, schedules, want, store, result)
+                _apply_one(gl, c, users, projects, variables, schedules, want, store, result, token)
             result.done.append(c.line())
     return result
 
@@ -473,10 +535,14 @@ def _project(gl: Any, path: str) -> Any:
 
 def _apply_one(gl: Any, c: Change, users: dict[str, UserSpec], projects: dict[str, ProjectSpec],
                variables: dict[str, VariableSpec], schedules: dict[str, ScheduleSpec], want: Desired,
-               store: TokenStore | None, result: ApplyResult) -> None:
+               store: TokenStore | None, result: ApplyResult, token: str = "") -> None:
     import secrets as pysecrets
 
-    if c.kind == "user":
+    if c.kind == "setting":
+        live = list(gl.settings.get().asdict().get("import_sources") or [])
+        if "git" not in live:  # PUT replaces the whole list: keep what the admin enabled
+            gl.settings.update(new_data={"import_sources": [*live, "git"]})
+    elif c.kind == "user":
         u = users[c.name]
         if c.action == "create":
             gl.users.create({"username": u.username, "name": u.name, "email": u.email, "admin": u.admin,
@@ -499,9 +565,16 @@ def _apply_one(gl: Any, c: Change, users: dict[str, UserSpec], projects: dict[st
         if c.action == "create":
             ns, _, leaf = c.name.rpartition("/")
             data = {"name": leaf, "path": leaf, "namespace_id": gl.groups.get(ns).id, **p.settings}
-            if p.mirror_from:
-                data["import_url"] = p.mirror_from
-            gl.projects.create(data)
+            if is_url(p.mirror_from):
+                from bidsflux.gitlab.imports import create_imported
+
+                create_imported(gl, c.name, data, str(p.mirror_from))
+            else:
+                created = gl.projects.create(data)
+                if p.mirror_from:
+                    from bidsflux.gitlab.imports import push_local
+
+                    push_local(str(p.mirror_from), created.http_url_to_repo, token or gl.private_token)
         else:
             gl.projects.update(c.name, {k: p.settings[k] for k in c.details})
     elif c.kind == "protected_branch":
@@ -526,6 +599,10 @@ def _apply_one(gl: Any, c: Change, users: dict[str, UserSpec], projects: dict[st
         s = schedules[c.name]
         proj = _project(gl, s.project)
         if c.action == "create":
+            if proj.empty_repo:
+                # GitLab 17 refuses a schedule whose ref does not exist (base_save_service.rb, "is ambiguous").
+                raise UserError(f"schedule {s.name}: project {s.project} has no branch {s.ref} yet; push the repository "
+                                "first (bootstrap does, then creates the schedules), then re-run `bidsflux gitlab apply`")
             proj.pipelineschedules.create({"description": s.name, "ref": s.ref, "cron": s.cron,
                                            "cron_timezone": "UTC", "active": True})
         else:

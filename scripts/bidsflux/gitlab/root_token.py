@@ -32,8 +32,11 @@ MINT_RUBY = (
     "token.set_token(ENV.fetch('BIDSFLUX_TOKEN')); token.save!; "
     "puts \"bidsflux-token-id=#{token.id}\""
 )
+# Only the token this run minted (by id, and still carrying our name): another admin may keep a
+# token of the same name on purpose.
 REVOKE_RUBY = (
-    "n = 0; PersonalAccessToken.active.where(name: ENV.fetch('BIDSFLUX_TOKEN_NAME')).each { |t| t.revoke!; n += 1 }; "
+    "n = 0; PersonalAccessToken.active.where(id: ENV.fetch('BIDSFLUX_TOKEN_ID').split(',').map(&:to_i), "
+    "name: ENV.fetch('BIDSFLUX_TOKEN_NAME')).each { |t| t.revoke!; n += 1 }; "
     "puts \"bidsflux-revoked=#{n}\""
 )
 
@@ -86,11 +89,16 @@ def mint_root_token(container: Any, days: int = 1, user: str = "root", name: str
     ids = [line.split("=", 1)[1] for line in out.splitlines() if line.startswith("bidsflux-token-id=")]
     if not ids or not ids[0].strip().isdigit():
         raise UserError(f"gitlab-rails in {container.name} did not report the new token; nothing to use")
-    return RootToken(value, int(ids[0]), (dt.date.today() + dt.timedelta(days=days)).isoformat())
+    # Date.today in the Ruby above is the GitLab server's date (UTC in the omnibus image).
+    return RootToken(value, int(ids[0]), (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)).isoformat())
 
 
-def revoke_root_tokens(container: Any, name: str = BOOTSTRAP_TOKEN_NAME) -> int:
-    out = _rails(container, REVOKE_RUBY, {"BIDSFLUX_TOKEN_NAME": name})
+def revoke_root_tokens(container: Any, ids: list[int], name: str = BOOTSTRAP_TOKEN_NAME) -> int:
+    """Revoke the bootstrap tokens with these ids (the ones this tool minted), nothing else."""
+    if not ids:
+        return 0
+    out = _rails(container, REVOKE_RUBY, {"BIDSFLUX_TOKEN_NAME": name,
+                                          "BIDSFLUX_TOKEN_ID": ",".join(str(int(i)) for i in ids)})
     counts = [line.split("=", 1)[1] for line in out.splitlines() if line.startswith("bidsflux-revoked=")]
     return int(counts[0]) if counts and counts[0].strip().isdigit() else 0
 
@@ -102,7 +110,7 @@ def root_token(container: Any, days: int = 1) -> Iterator[RootToken]:
     try:
         yield token
     finally:
-        revoke_root_tokens(container)
+        revoke_root_tokens(container, [token.id])
 
 
 # ---------------------------------------------------------------------------------- self-hosting push

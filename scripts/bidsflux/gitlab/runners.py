@@ -23,6 +23,9 @@ CONFIG_TARGET = "runner_config.toml"
 METRICS_ADDRESS = "127.0.0.1:9252"  # the services' healthcheck reads /metrics here
 
 
+RUNNER_TYPES = {"instance": "instance_type", "group": "group_type", "project": "project_type"}
+
+
 @dataclass
 class RunnerSpec:
     name: str
@@ -34,6 +37,14 @@ class RunnerSpec:
     concurrent: int
     docker: dict[str, Any]
     note: str = ""
+    type: str = "instance"  # instance | group | project (doc/ci/runners/runners_scope.md)
+    owner: str | None = None  # group or project path for group/project runners
+    access_level: str = "not_protected"  # ref_protected: jobs of protected branches/tags only
+    environment: list[str] = field(default_factory=list)  # [[runners]] environment for every job
+
+    @property
+    def runner_type(self) -> str:
+        return RUNNER_TYPES[self.type]
 
 
 def runner_specs(runners_doc: Mapping[str, Any]) -> list[RunnerSpec]:
@@ -42,8 +53,23 @@ def runner_specs(runners_doc: Mapping[str, Any]) -> list[RunnerSpec]:
         out.append(RunnerSpec(name=name, service=r["service"], tags=list(r.get("tags") or []),
                               run_untagged=bool(r.get("run_untagged", False)), locked=bool(r.get("locked", False)),
                               executor=r["executor"], concurrent=int(r.get("concurrent", 1)),
-                              docker=dict(r.get("docker") or {}), note=r.get("description", "")))
+                              docker=dict(r.get("docker") or {}), note=r.get("description", ""),
+                              type=str(r.get("type", "instance")), owner=r.get("owner"),
+                              access_level=str(r.get("access_level", "not_protected")),
+                              environment=list(r.get("environment") or [])))
     return out
+
+
+def create_params(gl: Any, spec: RunnerSpec) -> dict[str, Any]:
+    """POST /user/runners parameters (lib/api/user_runners.rb): the scope by id."""
+    data: dict[str, Any] = {"runner_type": spec.runner_type, "description": spec.name, "tag_list": spec.tags,
+                            "run_untagged": spec.run_untagged, "locked": spec.locked,
+                            "access_level": spec.access_level, "maintenance_note": spec.note[:1024]}
+    if spec.type == "group":
+        data["group_id"] = gl.groups.get(spec.owner).id
+    elif spec.type == "project":
+        data["project_id"] = gl.projects.get(spec.owner).id
+    return data
 
 
 def config_secrets(stack_template: Mapping[str, Any]) -> dict[str, str]:
@@ -62,12 +88,16 @@ def render_config(runners: list[tuple[RunnerSpec, str]], gitlab_url: str) -> str
     for spec, token in runners:
         entry: dict[str, Any] = {"name": spec.name, "url": gitlab_url, "token": token, "executor": spec.executor,
                                  "limit": spec.concurrent}
+        if spec.environment:
+            entry["environment"] = list(spec.environment)
         if spec.executor == "docker":
             d = spec.docker
             docker: dict[str, Any] = {"image": d["image"], "privileged": bool(d.get("privileged", False)),
                                       "pull_policy": list(d.get("pull_policy") or ["if-not-present"]),
                                       "volumes": list(d.get("volumes") or []), "tls_verify": False,
                                       "disable_cache": False, "shm_size": 0}
+            if d.get("network_mode"):
+                docker["network_mode"] = d["network_mode"]
             for key in ("devices", "cap_add", "security_opt"):
                 if d.get(key):
                     docker[key] = list(d[key])
@@ -90,7 +120,7 @@ class LiveRunner:
 
 def list_live(gl: Any) -> list[LiveRunner]:
     out = []
-    for r in gl.runners_all.list(type="instance_type", get_all=True):
+    for r in gl.runners_all.list(get_all=True):
         a = r.asdict()
         out.append(LiveRunner(a["id"], a.get("description") or "", a.get("status") or "", bool(a.get("online")),
                               list(a.get("tag_list") or []), a.get("runner_type", "instance_type")))
@@ -104,6 +134,7 @@ class RegisterResult:
     rolled: list[str] = field(default_factory=list)
     not_deployed: list[str] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
+    token_expiry: dict[str, str | None] = field(default_factory=dict)  # runner name -> token_expires_at
 
     def lines(self) -> list[str]:
         out = [f"registered {n} (runner #{i})" for n, i in self.registered.items()]
@@ -112,6 +143,16 @@ class RegisterResult:
         out += [f"service {s} is not deployed: the next deploy uses the new config" for s in self.not_deployed]
         out += [f"deleted old runner #{i}" for i in self.deleted]
         return out
+
+
+EXPIRY_LABEL_PREFIX = "io.bidsflux.runner-token-expires."
+
+
+def expiry_labels(pairs: list[tuple[RunnerSpec, str]], expiry: Mapping[str, str | None]) -> dict[str, str]:
+    """Labels of a runner config secret: each runner's token_expires_at, as GitLab returned it when
+    the runner was created. GET /runners/:id does not expose it (gitlab-org/gitlab#627823), so health
+    reads it from here; "never" when GitLab set no expiry (no runner_token_expiration_interval)."""
+    return {f"{EXPIRY_LABEL_PREFIX}{spec.name}": str(expiry.get(spec.name) or "never") for spec, _ in pairs}
 
 
 class SecretSink:
@@ -129,13 +170,13 @@ class SecretSink:
             self._client = (self._factory or secretstore.docker_client)()
         return self._client
 
-    def write(self, logical: str, text: str) -> tuple[str, str]:
+    def write(self, logical: str, text: str, labels: dict[str, str] | None = None) -> tuple[str, str]:
         from bidsflux.gitlab.tokens import live_version
         from bidsflux.swarm import secretstore
 
         client = self.client()
         version = live_version(client, self.stack, logical) + 1
-        secret_id = secretstore.create_secret(client, self.stack, logical, version, text)
+        secret_id = secretstore.create_secret(client, self.stack, logical, version, text, extra_labels=labels)
         return f"{self.stack}_{logical}_v{version}", secret_id
 
     def roll(self, service: str, secret_name: str, secret_id: str) -> bool:
@@ -184,38 +225,46 @@ def register(gl: Any, specs: list[RunnerSpec], service_secrets: Mapping[str, str
         raise UserError(f"service(s) {', '.join(missing)} mount no {CONFIG_TARGET} secret in stack/bidsflux.stack.yml; "
                         "add `- {source: <secret>, target: runner_config.toml}` to the service")
     tokens: list[str] = []
-    try:
-        for service in services:
+    switched: set[str] = set()  # services whose config (with the new tokens) is stored: never undone
+    for service in services:
+        pending: list[int] = []  # runners created for this service, not yet in a stored config
+        try:
             pairs: list[tuple[RunnerSpec, str]] = []
             for spec in [s for s in specs if s.service == service]:
                 with gitlab_errors(f"creating runner {spec.name}", api_url, tokens):
-                    created = gl.user.runners.create({
-                        "runner_type": "instance_type", "description": spec.name, "tag_list": spec.tags,
-                        "run_untagged": spec.run_untagged, "locked": spec.locked,
-                        "maintenance_note": spec.note[:1024]})
+                    created = gl.user.runners.create(create_params(gl, spec))
                 tokens.append(created.token)
+                pending.append(created.id)
                 result.registered[spec.name] = created.id
+                result.token_expiry[spec.name] = getattr(created, "token_expires_at", None)
                 pairs.append((spec, created.token))
-            name, secret_id = sink.write(service_secrets[service], render_config(pairs, gitlab_url))
+            name, secret_id = sink.write(service_secrets[service], render_config(pairs, gitlab_url),
+                                         expiry_labels(pairs, result.token_expiry))
+            switched.add(service)
+            pending = []
             result.configs[service] = name
             if sink.roll(service, name, secret_id):
                 result.rolled.append(service)
             else:
                 result.not_deployed.append(service)
-    except BaseException:
-        # Runners created for a config that was never stored would be orphans: delete them.
-        for rid in result.registered.values():
-            try:
-                gl.runners.delete(rid)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
-        raise
+        except BaseException:
+            # Only runners of the service that failed, whose tokens no stored config holds, are
+            # orphans; services already switched run on their new runners and keep them.
+            for rid in pending:
+                try:
+                    gl.runners.delete(rid)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
+            for spec in [s for s in specs if s.service == service]:
+                result.registered.pop(spec.name, None)
+            raise
     new_ids = set(result.registered.values())
     replaced_names = {s.name for s in specs if s.service in services}
     for r in live:
         if r.id in new_ids:
             continue
-        if r.description in replaced_names or r.description not in wanted:
+        # Unknown instance runners are the site's to remove; group/project runners others made are not.
+        if r.description in replaced_names or (r.description not in wanted and r.runner_type == "instance_type"):
             with gitlab_errors(f"deleting old runner #{r.id}", api_url, tokens):
                 gl.runners.delete(r.id)
             result.deleted.append(r.id)

@@ -44,7 +44,8 @@ class TokenStore:
             name = secretstore.create_secret(client, self.stack, user.token.secret, version, value)
             done.append(f"docker secret {self.stack}_{user.token.secret}_v{version} ({name[:12]})")
         if user.token.variable:
-            put_variable(self.gl, user.token.variable, value, masked=True, protected=True, raw=True)
+            put_variable(self.gl, user.token.variable, value, masked=True, protected=user.token.variable_protected,
+                         raw=True)
             done.append(f"CI variable {user.token.variable}")
         self.stored = done
         return done
@@ -60,7 +61,22 @@ def live_version(client: Any, stack: str, logical: str) -> int:
 
 
 def expiry_date(days: int) -> str:
-    return (dt.date.today() + dt.timedelta(days=days)).isoformat()
+    """GitLab validates expires_at against Date.current in UTC (max today + 365 days), not local time."""
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)).isoformat()
+
+
+def use_token(gl: Any, value: str) -> None:
+    """Switch the python-gitlab client to `value` (after rotating the token it was using)."""
+    gl.private_token = value
+    gl._set_auth_info()  # python-gitlab keeps the token in a requests auth object built from private_token
+
+
+def own_token_id(gl: Any) -> int | None:
+    """Id of the token this client authenticates with (GET /personal_access_tokens/self)."""
+    try:
+        return int(gl.personal_access_tokens.get("self").id)
+    except Exception:  # noqa: BLE001 - not a personal access token (OAuth, job token): never ours to rotate
+        return None
 
 
 def create_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
@@ -110,6 +126,7 @@ def rotate_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
     if not tokens:
         return create_token(gl, user, store)
     current = max(tokens, key=lambda t: t.expires_at or "9999")
+    rotating_own = own_token_id(gl) == current.id
     try:
         new = gl.personal_access_tokens.rotate(current.id, expires_at=expiry_date(user.token.expires_in_days),
                                                retry_transient_errors=False, obey_rate_limit=False, max_retries=0)
@@ -121,6 +138,11 @@ def rotate_token(gl: Any, user: UserSpec, store: TokenStore) -> list[str]:
     except requests.exceptions.RequestException as exc:
         raise RotationUnknown(unknown_outcome(user, type(exc).__name__)) from None
     value, token_id = new["token"], new["id"]
+    if rotating_own:
+        # GitLab revoked the token this client uses the moment it rotated it (rotate_service.rb,
+        # revoke! then create in one transaction): every further request, starting with storing the
+        # new value in the CI variable, must carry the new token or it gets 401 and the value is lost.
+        use_token(gl, value)
     try:
         return store.store(user, value, token_id)
     except BaseException as exc:

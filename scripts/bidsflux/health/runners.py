@@ -22,6 +22,28 @@ from bidsflux.health.core import (
 )
 
 
+def runner_token_expiries(stack: str) -> dict[str, str]:
+    """Runner name -> token_expires_at as `runners register` stored it (latest config secret wins)."""
+    from bidsflux.gitlab.runners import EXPIRY_LABEL_PREFIX
+    from bidsflux.swarm import secretstore
+
+    try:
+        client = secretstore.docker_client()
+        found = client.secrets.list(filters={"label": [f"{secretstore.LABEL_STACK}={stack}"]})
+    except Exception:  # noqa: BLE001 - no Docker here: the expiry is simply not known
+        return {}
+    out: dict[str, tuple[int, str]] = {}
+    for sec in found:
+        labels = sec.attrs["Spec"].get("Labels") or {}
+        version = int(labels.get(secretstore.LABEL_VERSION, 0) or 0)
+        for k, v in labels.items():
+            if k.startswith(EXPIRY_LABEL_PREFIX) and v != "never":
+                name = k[len(EXPIRY_LABEL_PREFIX):]
+                if name not in out or out[name][0] < version:
+                    out[name] = (version, v)
+    return {k: v for k, (_, v) in out.items()}
+
+
 @check("runners", timeout=15, summary="each runner of runners.yml online with recent contact; every CI job tag served")
 def check_runners(ctx: Context, report: Report, timeout: float) -> None:
     io = ctx.io_timeout(timeout)
@@ -48,6 +70,7 @@ def check_runners(ctx: Context, report: Report, timeout: float) -> None:
         return
 
     now = utcnow()
+    expiries = runner_token_expiries(ctx.site["site"]["name"])
     online: list[Any] = []
     for r in details:
         contacted = parse_time(getattr(r, "contacted_at", None))
@@ -73,7 +96,9 @@ def check_runners(ctx: Context, report: Report, timeout: float) -> None:
         else:
             report.ok(f"runner {key} online")
         # glrt- authentication tokens can expire too; an expired one takes the runner offline.
-        expires = parse_time(getattr(r, "token_expires_at", None))
+        # GET /runners/:id has no token_expires_at (gitlab-org/gitlab#627823); `runners register`
+        # records the create answer's value as a label of the service's config secret.
+        expires = parse_time(expiries.get(key))
         if expires is not None:
             health = ctx.site["health"]
             grade(report, days_left(expires), health["token_warn_days"], health["token_fail_days"],

@@ -264,7 +264,8 @@ def sync_mirrors(p: Path, values: Mapping[str, str]) -> list[str]:
     return changed
 
 
-def create_secret(client, stack: str, logical: str, version: int, value: str) -> str:  # type: ignore[no-untyped-def]
+def create_secret(client, stack: str, logical: str, version: int, value: str,  # type: ignore[no-untyped-def]
+                  extra_labels: dict[str, str] | None = None) -> str:
     """Create <stack>_<logical>_v<version>; an existing one with our labels is kept (re-runs)."""
     from docker.errors import APIError
 
@@ -272,7 +273,8 @@ def create_secret(client, stack: str, logical: str, version: int, value: str) ->
 
     name = versioned_secret_name(stack, logical, version)
     try:
-        secret = client.secrets.create(name=name, data=value.encode("utf-8"), labels=secret_labels(stack, logical, version))
+        labels = {**secret_labels(stack, logical, version), **(extra_labels or {})}
+        secret = client.secrets.create(name=name, data=value.encode("utf-8"), labels=labels)
     except APIError as exc:
         if exc.status_code == 409:
             return client.secrets.get(name).id

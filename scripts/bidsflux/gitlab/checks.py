@@ -1,0 +1,101 @@
+"""`bidsflux validate`'s GitLab rules for stack/runners.yml: runner scope vs host access, GitLab's tag rule, versions.
+
+Following GitLab's runner security guidance (docs.gitlab.com/runner/security/, "Security for
+self-managed runners"; doc/ci/docker/using_docker_build.md "Known issues with Docker socket
+binding"): a job on a runner with the host's Docker socket, privileged containers or host-escalating
+options is root on the host. An instance runner takes jobs from every project of the instance, so
+such a runner must be a group or project runner; the one with the Docker socket deploys, so it is
+a locked project runner that runs protected refs only."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bidsflux.diagnostics import Diagnostic
+from bidsflux.site.yamlsource import Document, load
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+ESCALATING_CAPS = {"SYS_ADMIN", "ALL", "SYS_MODULE", "SYS_PTRACE", "NET_ADMIN", "SYS_RAWIO", "DAC_READ_SEARCH"}
+GITLAB_IMAGE = re.compile(r"gitlab/gitlab-(ee|ce):(\d+)\.(\d+)\.\d+-(ee|ce)\.\d+$")
+RUNNER_IMAGE = re.compile(r"gitlab-runner:(?:[a-z0-9]+-)?v(\d+)\.(\d+)\.\d+$")
+
+
+def host_access(spec: dict[str, Any]) -> list[str]:
+    """What in a runner's docker settings gives a job the host (empty: nothing)."""
+    d = spec.get("docker") or {}
+    found = []
+    if d.get("privileged"):
+        found.append("privileged job containers")
+    if any(str(v).split(":")[0] in (DOCKER_SOCKET, "/run/docker.sock") for v in d.get("volumes") or []):
+        found.append(f"the host's Docker socket ({DOCKER_SOCKET})")
+    caps = sorted(set(d.get("cap_add") or []) & ESCALATING_CAPS)
+    if caps:
+        found.append(f"capabilities {', '.join(caps)}")
+    if d.get("devices"):
+        found.append(f"host devices {', '.join(d['devices'])}")
+    unconfined = [o for o in d.get("security_opt") or [] if "unconfined" in str(o)]
+    if unconfined:
+        found.append(f"security options {', '.join(unconfined)}")
+    if spec.get("executor") == "shell":
+        found.append("the shell executor")
+    return found
+
+
+def check_runners_file(runners: Document, site: Document, template: Document | None) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    gitlab_doc = _gitlab_doc(runners)
+    groups = set((gitlab_doc.get("groups") or {}).keys())
+    projects = set((gitlab_doc.get("projects") or {}).keys())
+    for name, spec in (runners.data.get("runners") or {}).items():
+        key = ["runners", name]
+        rtype = spec.get("type", "instance")
+        if not spec.get("tags") and not spec.get("run_untagged", False):
+            # app/models/ci/runner.rb tag_constraints: GitLab refuses to create it (400).
+            out.append(runners.diagnostic([*key, "tags"], "GitLab refuses a runner without tags unless run_untagged "
+                                          "is true (\"Tags list can not be empty when runner is not allowed to pick "
+                                          "untagged jobs\")"))
+        risky = host_access(spec)
+        if rtype == "instance" and risky:
+            out.append(runners.diagnostic([*key, "type"], f"an instance runner takes jobs from every project, and this "
+                                          f"one gives them {'; '.join(risky)} (root on the host): make it a group or "
+                                          "project runner (type, owner)"))
+        if rtype == "group" and spec.get("owner") not in groups:
+            out.append(runners.diagnostic([*key, "owner"], f"group runner owner '{spec.get('owner')}' is not a group "
+                                          "of stack/gitlab.yml"))
+        if rtype == "project" and spec.get("owner") not in projects:
+            out.append(runners.diagnostic([*key, "owner"], f"project runner owner '{spec.get('owner')}' is not a "
+                                          "project of stack/gitlab.yml"))
+        if rtype == "instance" and spec.get("owner"):
+            out.append(runners.diagnostic([*key, "owner"], "an instance runner has no owner"))
+        socket = any(str(v).split(":")[0] == DOCKER_SOCKET for v in (spec.get("docker") or {}).get("volumes") or [])
+        if socket and not (rtype == "project" and spec.get("locked") and spec.get("access_level") == "ref_protected"):
+            out.append(runners.diagnostic(key, "a runner with the host's Docker socket deploys: it must be a project "
+                                          "runner, locked: true, access_level: ref_protected (protected refs only)"))
+    out += _version_checks(site)
+    return out
+
+
+def _version_checks(site: Document) -> list[Diagnostic]:
+    """GitLab edition and version are one choice (images.gitlab); the runner follows its major.minor
+    (docs.gitlab.com/runner "GitLab Runner versions": keep major.minor in sync)."""
+    images = (site.data or {}).get("images") or {}
+    gl, runner = GITLAB_IMAGE.search(str(images.get("gitlab", ""))), RUNNER_IMAGE.search(str(images.get("gitlab_runner", "")))
+    out = []
+    if images.get("gitlab") and gl is None:
+        out.append(site.diagnostic(["images", "gitlab"], "expected gitlab/gitlab-ee:X.Y.Z-ee.0 or gitlab/gitlab-ce:X.Y.Z-ce.0"))
+    elif gl and gl.group(1) != gl.group(4):
+        out.append(site.diagnostic(["images", "gitlab"], f"edition {gl.group(1)} with a -{gl.group(4)} tag"))
+    if gl and runner and (gl.group(2), gl.group(3)) != (runner.group(1), runner.group(2)):
+        out.append(site.diagnostic(["images", "gitlab_runner"],
+                                   f"runner {runner.group(1)}.{runner.group(2)} with GitLab {gl.group(2)}.{gl.group(3)}: "
+                                   "use the runner of GitLab's major.minor"))
+    return out
+
+
+def _gitlab_doc(runners: Document) -> dict[str, Any]:
+    path = runners.path.parent / "gitlab.yml"
+    try:
+        return load(path, path.parent.parent).data or {}
+    except Exception:  # noqa: BLE001 - gitlab.yml's own problems are reported by its own checks
+        return {}
