@@ -76,8 +76,16 @@ def scale(client: Any, name: str, replicas: int) -> None:
 
 def test_merge_request_validates_plans_and_keeps_one_note(repo: PipelineRepo, gitlab_emulator: Any, project: Any, site: SiteUnderTest) -> None:
     mr = project.mergerequests.create({"source_branch": "change", "target_branch": "main", "title": "more replicas"})
+    # What a merge-request pipeline receives: no protected variable (BIDSFLUX_GITLAB_TOKEN), the
+    # read_api token of a non-admin bot for plans, and optionally a note token of a project member.
+    reader = gitlab_emulator.create_user("reader")
+    noter = gitlab_emulator.create_user("noter")
+    gitlab_emulator.state.projects[project.id]["_members"][noter["id"]] = 20  # Reporter of the project
     variables = _vars(gitlab_emulator, project, CI_PIPELINE_SOURCE="merge_request_event",
-                      CI_MERGE_REQUEST_IID=str(mr.iid), CI_COMMIT_BRANCH="change")
+                      CI_MERGE_REQUEST_IID=str(mr.iid), CI_COMMIT_BRANCH="change",
+                      BIDSFLUX_GITLAB_TOKEN="",
+                      BIDSFLUX_GITLAB_READ_TOKEN=gitlab_emulator.create_token(reader["username"], ["read_api"]),
+                      BIDSFLUX_GITLAB_NOTE_TOKEN=gitlab_emulator.create_token(noter["username"], ["api"]))
     jobs = repo.jobs(*(f"{k}={v}" for k, v in variables.items()))
     assert "deploy" not in jobs and {"validate", "plan"} <= set(jobs)
     first = repo.run(["validate", "plan"], variables)
@@ -160,7 +168,8 @@ def test_manual_reregistration_creates_runners_and_rolls_their_services(
     assert re.search(r"PASS\s+reregister-runners", result.stdout), result.stdout[-4000:]
     gl = gitlab.Gitlab(gitlab_emulator.url, private_token=gitlab_emulator.admin_token)
     runners = gl.runners_all.list(get_all=True)
-    assert sorted(r.description for r in runners) == ["dind", "processing", "processing-untagged"]
+    assert sorted(r.description for r in runners) == [
+        "build", "deploy", "plan", "processing", "processing-fuse", "processing-untagged"]
     after = live_versions(site.stack)
     for secret in ("runner_dind_config", "runner_processing_config"):
         assert after[secret] == before[secret] + 1, secret

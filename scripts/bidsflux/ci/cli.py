@@ -33,10 +33,24 @@ def register(main: click.Group) -> None:
         project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
         if not project_id:
             raise UserError("CI_PROJECT_ID is not set: run this inside a GitLab CI job")
-        gl = connect(env)
-        project = gitlab_call("read the project", gl.projects.get, project_id, lazy=True)
         body = plan_note_body(load_plans(files), env.get("CI_PIPELINE_URL"))
-        outcome = upsert_plan_note(project, iid, body)
+        # Merge-request pipelines hold no write token (the plan runs with a read_api token): the note
+        # needs BIDSFLUX_GITLAB_NOTE_TOKEN (optional, e.g. a Reporter project access token); without
+        # one, or if GitLab refuses it, the note goes to the job log and plan-note.md (artifact).
+        if env.get("BIDSFLUX_GITLAB_NOTE_TOKEN"):
+            env["BIDSFLUX_GITLAB_TOKEN"] = env["BIDSFLUX_GITLAB_NOTE_TOKEN"]
+        Path("plan-note.md").write_text(body)
+        try:
+            gl = connect(env)
+            project = gitlab_call("read the project", gl.projects.get, project_id, lazy=True)
+            outcome = upsert_plan_note(project, iid, body)
+        except UserError as exc:
+            if not env.get("BIDSFLUX_GITLAB_NOTE_TOKEN") and ("403" in str(exc) or "not set" in str(exc)):
+                click.echo(body)
+                click.echo(f"plan note not posted ({str(exc)[:120]}): a merge-request pipeline has a read-only "
+                           "token; the plan is above and in plan-note.md. Set BIDSFLUX_GITLAB_NOTE_TOKEN to post it.")
+                return
+            raise
         click.echo(f"plan note {outcome} on merge request !{iid}")
 
     @ci.command("issues")
