@@ -192,5 +192,5 @@ def test_protected_variables_never_reach_merge_request_pipelines(gitlab_emulator
     want = desired(gdoc, site)
     plan = diff(want, observe(connect(gitlab_emulator.url, mr["BIDSFLUX_GITLAB_READ_TOKEN"]), want))
     assert any("read-only token" in n for n in plan.notes)
-    ci = (Path(root) / "ci-templates" / "bidsflux-ops.yml").read_text()
-    assert "BIDSFLUX_GITLAB_TOKEN: $BIDSFLUX_GITLAB_READ_TOKEN" in ci
+    ci = (Path(root) / ".gitlab-ci.yml").read_text()
+    assert "bidsflux gitlab plan --token-env BIDSFLUX_GITLAB_READ_TOKEN" in ci

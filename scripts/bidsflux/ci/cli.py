@@ -39,7 +39,8 @@ def register(main: click.Group) -> None:
         # one, or if GitLab refuses it, the note goes to the job log and plan-note.md (artifact).
         if env.get("BIDSFLUX_GITLAB_NOTE_TOKEN"):
             env["BIDSFLUX_GITLAB_TOKEN"] = env["BIDSFLUX_GITLAB_NOTE_TOKEN"]
-        Path("plan-note.md").write_text(body)
+        if env.get("CI"):  # the job's artifact; never a stray file elsewhere
+            Path("plan-note.md").write_text(body)
         try:
             gl = connect(env)
             project = gitlab_call("read the project", gl.projects.get, project_id, lazy=True)
