@@ -397,7 +397,7 @@ def test_runners_register_lists_what_it_replaces_and_asks(gitlab_emulator, repo_
     mark = gitlab_emulator.mark()
     code, output = _on_a_terminal(["runners", "register", "--root", str(repo_copy)], env, answer="n")
     assert f"delete runner #{stray.id} 'old-hand-made' (not in runners.yml)" in output, output
-    assert "register dind (service gitlab-runner-dind" in output
+    assert "register deploy (service gitlab-runner-dind" in output
     assert code == 1 and "stopped at your request" in output
     assert not gitlab_emulator.writes(mark)
     assert [r.description for r in gl.runners.all(get_all=True)] == ["old-hand-made"]
@@ -409,7 +409,7 @@ def test_runners_list_fits_the_terminal(gitlab_emulator) -> None:  # type: ignor
     done = run("runners", "list", "--root", str(REPO_ROOT), env=env)
     assert done.returncode == 0, done.stderr
     lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    assert any("dind" in ln and "missing" in ln for ln in lines), done.stdout
+    assert any("deploy" in ln and "missing" in ln for ln in lines), done.stdout
     assert max(len(ln) for ln in lines) <= 64
 
 
