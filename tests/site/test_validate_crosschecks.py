@@ -70,10 +70,10 @@ def test_advertise_addr_must_be_an_address_or_an_interface(repo_copy: Path) -> N
 def test_unpinned_job_image_in_runners_yml_is_refused(repo_copy: Path) -> None:
     edit(repo_copy, "stack/runners.yml", "image: docker:27.5-cli", "image: docker")
     found = problems(repo_copy)
-    assert [(p["file"], p["key"]) for p in found] == [("stack/runners.yml", "runners.dind.docker.image")]
+    assert [(p["file"], p["key"]) for p in found] == [("stack/runners.yml", "runners.deploy.docker.image")]
     assert "not pinned" in found[0]["message"]
     edit(repo_copy, "stack/runners.yml", "image: docker\n", "image: docker:latest\n")
-    assert [p["key"] for p in problems(repo_copy)] == ["runners.dind.docker.image"]
+    assert [p["key"] for p in problems(repo_copy)] == ["runners.deploy.docker.image"]
 
 
 def test_storage_remote_must_use_hosts_s3(repo_copy: Path) -> None:
