@@ -56,5 +56,5 @@ def test_json_results_of_secrets_list_and_deploy(deployed_site: Any) -> None:
     deployed = site.run("deploy", "--format", "json")
     assert deployed.exit_code == 0, deployed.output
     assert json.loads(deployed.stdout) == {"stack": site.stack, "result": "no change",
-                                           "plan": {"stack": site.stack, "changes": [],
+                                           "plan": {"stack": site.stack, "changes": [], "warnings": [],
                                                     "summary": {"create": 0, "update": 0, "remove": 0}}}
