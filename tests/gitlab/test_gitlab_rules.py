@@ -192,5 +192,25 @@ def test_protected_variables_never_reach_merge_request_pipelines(gitlab_emulator
     want = desired(gdoc, site)
     plan = diff(want, observe(connect(gitlab_emulator.url, mr["BIDSFLUX_GITLAB_READ_TOKEN"]), want))
     assert any("read-only token" in n for n in plan.notes)
+    # As a Reporter of the ops group it sees the private projects as they are: nothing to create.
+    assert not [c.line() for c in plan.changes if c.action == "create"], plan.lines()
     ci = (Path(root) / ".gitlab-ci.yml").read_text()
     assert "bidsflux gitlab plan --token-env BIDSFLUX_GITLAB_READ_TOKEN" in ci
+
+
+def test_group_members_need_an_owner_and_are_added_once(gitlab_emulator) -> None:  # type: ignore[no-untyped-def]
+    gl = admin(gitlab_emulator)
+    group = gl.groups.create({"name": "g", "path": "g"})
+    bot = gitlab_emulator.create_user("bot")
+    dev = gitlab_emulator.create_user("dev")
+    other = gitlab.Gitlab(gitlab_emulator.url, private_token=gitlab_emulator.create_token("dev", ["api"]))
+    with pytest.raises(gitlab.GitlabCreateError) as not_owner:
+        other.groups.get(group.id, lazy=True).members.create({"user_id": bot["id"], "access_level": 20})
+    assert not_owner.value.response_code in (403, 404)
+    group.members.create({"user_id": bot["id"], "access_level": 20})
+    with pytest.raises(gitlab.GitlabCreateError) as again:
+        group.members.create({"user_id": bot["id"], "access_level": 20})
+    assert again.value.response_code == 409 and "Member already exists" in str(again.value)
+    assert group.members.get(bot["id"]).access_level == 20
+    with pytest.raises(gitlab.GitlabGetError):
+        group.members.get(dev["id"])

@@ -28,7 +28,7 @@ def _group_public(g: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in g.items() if not k.startswith("_")}
 
 
-def _get_group(gl: GitLabEmulator, c: Ctx, ref: str) -> dict[str, Any]:
+def get_group(gl: GitLabEmulator, c: Ctx, ref: str) -> dict[str, Any]:
     g = gl.namespace(ref)
     assert c.user is not None
     if g is None or (g["visibility"] == "private" and not c.user["is_admin"] and c.user["id"] not in g["_members"]):
@@ -70,7 +70,7 @@ def _create_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
 
 
 def _update_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
-    g = _get_group(gl, c, c.args[0])
+    g = get_group(gl, c, c.args[0])
     assert c.user is not None
     if not (c.user["is_admin"] or g["_members"].get(c.user["id"], 0) >= 50):
         raise HTTPError(403, {"message": "403 Forbidden"})
@@ -81,7 +81,7 @@ def _update_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
 
 
 def _delete_group(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
-    g = _get_group(gl, c, c.args[0])
+    g = get_group(gl, c, c.args[0])
     # doc/api/groups.md "Delete a group": its subgroups and projects go with it.
     doomed = {g["id"]}
     while True:
@@ -321,7 +321,7 @@ def routes(gl: GitLabEmulator) -> list[RouteSpec]:
     """(method, path regex, handler, scope class, admin only) for this module's endpoints."""
     return [
         ("GET", r"/groups", lambda c: _list_groups(gl, c), "read", False),
-        ("GET", rf"/groups/{SEG}", lambda c: _group_public(_get_group(gl, c, c.args[0])), "read", False),
+        ("GET", rf"/groups/{SEG}", lambda c: _group_public(get_group(gl, c, c.args[0])), "read", False),
         ("POST", r"/groups", lambda c: _create_group(gl, c), "write", False),
         ("PUT", rf"/groups/{SEG}", lambda c: _update_group(gl, c), "write", False),
         ("DELETE", rf"/groups/{SEG}", lambda c: _delete_group(gl, c), "write", False),

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from . import ci, issues, keys, projects, runners, settings, users
+from . import ci, issues, keys, members, projects, runners, settings, users
 from .handler import RequestHandler
 from .model import Ctx, Handler, HTTPError, Request, Runner, State, Token, iso, member_level, now
 
 # Each route module contributes `routes(gl)`; a new endpoint family is a new module listed here.
-ROUTE_MODULES = [users, projects, ci, runners, issues, keys, settings]
+ROUTE_MODULES = [users, projects, ci, runners, issues, keys, settings, members]
 
 
 class GitLabEmulator:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SCHEDULE_KINDS = ("schedule", "schedule_variable")
 # Apply order: settings and users first (tokens need them), groups before projects, projects
 # before their branches and schedules; token changes last.
-KINDS = ("setting", "user", "group", "project", "protected_branch", "variable", "schedule", "schedule_variable", "token")
+KINDS = ("setting", "user", "group", "group_member", "project", "protected_branch", "variable", "schedule", "schedule_variable", "token")
 
 
 @dataclass
@@ -77,6 +77,7 @@ class Observed:
     users: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # username -> attrs
     tokens: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # username -> active tokens
     groups: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    members: dict[str, dict[str, int | None]] = field(default_factory=dict)  # group -> username -> level
     projects: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     handles: dict[str, Any] = field(default_factory=dict)  # project path -> python-gitlab object (no re-read)
     protected: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # project -> branch -> levels

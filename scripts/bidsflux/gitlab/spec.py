@@ -11,6 +11,8 @@ from bidsflux.diagnostics import UserError
 
 ACCESS = {"no_one": 0, "developer": 30, "maintainer": 40}
 ACCESS_NAMES = {v: k for k, v in ACCESS.items()}
+# Member roles (Gitlab::Access)
+MEMBER_ACCESS = {"guest": 10, "reporter": 20, "developer": 30, "maintainer": 40, "owner": 50}
 DEFAULT_REF = "main"
 
 
@@ -81,6 +83,7 @@ class Desired:
     projects: list[ProjectSpec] = field(default_factory=list)
     variables: list[VariableSpec] = field(default_factory=list)
     schedules: list[ScheduleSpec] = field(default_factory=list)
+    members: dict[str, dict[str, int]] = field(default_factory=dict)  # group path -> username -> access level
     token_warn_days: int = 30
 
     def secret_values(self) -> list[str]:
@@ -117,6 +120,8 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
                             tok.get("variable"), bool(tok.get("variable_protected", True))) if tok else None))
     for path, g in (gitlab_doc.get("groups") or {}).items():
         out.groups[path] = {"name": g.get("name", path.rsplit("/", 1)[-1]), "visibility": g.get("visibility", "private")}
+        if g.get("members"):
+            out.members[path] = {str(bots.get(k, k)): MEMBER_ACCESS[v] for k, v in g["members"].items()}
     for path, p in (gitlab_doc.get("projects") or {}).items():
         settings = {}
         if "only_allow_merge_if_pipeline_succeeds" in p:
