@@ -71,6 +71,13 @@ class Running:
         assert out.exit_code == 0, out.output
         return out.output.decode().split("\n")[:-1]
 
+    def states(self) -> str:
+        """Each container of the project and its state, for failure messages."""
+        from bidsflux.mercure.compose import service_states
+
+        return "; ".join(f"{st.service}: {st.containers}/{st.wanted} {', '.join(st.problems) or 'ok'} "
+                         f"(restarts {st.restarts})" for st in service_states(self.project))
+
     def bidsflux(self, *args: str) -> Any:
         return cli(*args, "--root", str(self.repo))
 
@@ -207,7 +214,7 @@ def test_up_starts_every_service_and_health_sees_each(mercure: Running) -> None:
         return next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "dicom")
 
     ok = health()
-    assert ok["status"] == "ok", ok
+    assert ok["status"] == "ok", (ok, m.states())
     assert any(f"all {len(install.SERVICES)} Mercure services running (13 containers" in d for d in ok["details"]), ok
     router = m.container("router")
     router.stop(timeout=2)
@@ -225,11 +232,11 @@ def test_generated_admin_logs_in_and_the_seed_does_not(mercure: Running) -> None
     values = read_values_file(m.values_file)
     url = f"http://127.0.0.1:{m.web_port}"
     seed = requests.post(f"{url}/login", data={"username": "admin", "password": "router"}, allow_redirects=False, timeout=10)
-    assert seed.status_code == 200 and "mercure_session" not in seed.cookies
+    assert seed.status_code == 200 and "mercure_session" not in seed.cookies, (seed.status_code, seed.text[:300], m.states())
     s = requests.Session()
     ok = s.post(f"{url}/login", data={"username": values[install.WEB_USER_KEY], "password": values[install.WEB_PASSWORD_KEY]},
                 allow_redirects=False, timeout=10)
-    assert ok.status_code == 303 and ok.headers["location"] == "/", ok.text[:300]
+    assert ok.status_code == 303 and ok.headers["location"] == "/", (ok.status_code, ok.text[:300], m.states())
     page = s.get(f"{url}/rules", timeout=10)
     assert page.status_code == 200 and "mr_completed_study" in page.text
     # The bookkeeper recorded both attempts.
