@@ -103,7 +103,10 @@ def test_gitlab_backup_then_restore_in_documented_order(backup_site: BackupSite,
 def test_mercure_database_and_config_through_a_real_postgresql(backup_site: BackupSite, age_key: AgeKey,
                                                                docker_client: Any) -> None:
     image = postgres_image(docker_client)
-    labels = {"com.docker.compose.project": "mercure", "com.docker.compose.service": "db"}
+    # The project `mercure up` records in `.env` beside the compose file.
+    project = "bfxbk-mercure-" + uuid.uuid4().hex[:6]
+    (backup_site.mercure_base / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n", encoding="utf-8")
+    labels = {"com.docker.compose.project": project, "com.docker.compose.service": "db"}
     db = _run(docker_client, image, labels, f"{backup_site.stack}-db")
     try:
         deadline = time.monotonic() + 60
