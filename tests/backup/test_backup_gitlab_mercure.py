@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backupkit import AgeKey, BackupSite
 
-from conftest import AgeKey, BackupSite
 from images import gitlab_standin_image, postgres_image
 from support import cli, require
 

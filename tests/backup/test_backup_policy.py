@@ -8,8 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
+from backupkit import AgeKey, BackupSite, s3_client
 
-from conftest import AgeKey, BackupSite, s3_client
 from images import gitlab_standin_image
 from seaweed import S3Server
 from support import cli

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backupkit import AgeKey, BackupSite, make_age_key, s3_client
 
-from conftest import AgeKey, BackupSite, make_age_key, s3_client
 from seaweed import S3Server
 from support import cli
 
