@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.gitlab.checks import check_runners_file
+from bidsflux.mercure.compose import check_compose_file
 from bidsflux.mercure.rules import check_rules_file
 from bidsflux.site import checks
 from bidsflux.site.repository import Repository
@@ -14,6 +15,7 @@ from bidsflux.site.yamlsource import Document, load
 FILE_CHECKS: dict[str, checks.FileCheck] = {
     "stack/mercure/rules.yml": check_rules_file,
     "stack/runners.yml": check_runners_file,
+    "stack/mercure/docker-compose.yml": check_compose_file,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.mercure.install import SERVICES, WORKER_REPLICAS
 from bidsflux.site.render import dump_yaml
 from bidsflux.site.repository import Repository
@@ -83,9 +83,12 @@ def write_dotenv(folder: Path, project: str) -> None:
 def render_mercure_compose(repo: Repository, site: Document, v1: bool = False) -> str:
     """The rendered compose file; for docker-compose 1.x without the top-level `name` it rejects
     (the project name comes from -p and `.env`)."""
+    return _render_compose(load(repo.mercure_compose, repo.root), site, v1)
+
+
+def _render_compose(doc: Document, site: Document, v1: bool = False) -> str:
     from bidsflux.site.render import TemplateRenderer, template_context  # noqa: I001
 
-    doc = load(repo.mercure_compose, repo.root)
     renderer = TemplateRenderer(doc, template_context(site.data, lambda name: name))
     data = {k: v for k, v in renderer.value(doc.data, []).items() if not str(k).startswith("x-")}
     if renderer.errors:
@@ -93,6 +96,15 @@ def render_mercure_compose(repo: Repository, site: Document, v1: bool = False) -
     if v1:
         data.pop("name", None)
     return "# Rendered by `bidsflux render` from stack/mercure/docker-compose.yml. Do not edit.\n" + dump_yaml(data)
+
+
+def check_compose_file(compose: Document, site: Document, template: Document | None) -> list[Diagnostic]:
+    """`bidsflux validate`'s hook for stack/mercure/docker-compose.yml: its templates render."""
+    try:
+        _render_compose(compose, site)
+    except UserError as exc:
+        return exc.diagnostics
+    return []
 
 
 def check_data_volume(data_dir: Path) -> None:

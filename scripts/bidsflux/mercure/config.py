@@ -22,11 +22,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
-
 from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.site import indexer as site_indexer
+from bidsflux.site.sandbox import TEMPLATE_FAILURES, BoundedSandbox, describe, time_limit
 from bidsflux.site.yamlsource import Document
 
 SCHEMA_FILE = "mercure-json.schema.json"
@@ -175,14 +173,15 @@ def secrets_dir(site: Mapping[str, Any]) -> str:
     return f"{site['paths']['state_dir']['path'].rstrip('/')}/{SECRETS_SUBDIR}"
 
 
-def _expand(env: SandboxedEnvironment, text: Any, site: Mapping[str, Any], doc: Document,
+def _expand(env: BoundedSandbox, text: Any, site: Mapping[str, Any], doc: Document,
             path: list[Any], errors: list[Diagnostic]) -> Any:
-    if not isinstance(text, str) or "{{" not in text:
+    if not isinstance(text, str) or ("{{" not in text and "{%" not in text):
         return text
     try:
-        return env.from_string(text).render(**site)
-    except jinja2.TemplateError as exc:
-        errors.append(doc.diagnostic(path, f"template: {exc}"))
+        with time_limit():
+            return env.from_string(text).render(**site)
+    except TEMPLATE_FAILURES as exc:
+        errors.append(doc.diagnostic(path, describe(exc)))
         return text
 
 
@@ -202,7 +201,7 @@ def indexer_arguments(site: Mapping[str, Any]) -> list[str]:
 
 
 def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], doc: Document,
-                   env: SandboxedEnvironment, errors: list[Diagnostic]) -> dict[str, Any]:
+                   env: BoundedSandbox, errors: list[Diagnostic]) -> dict[str, Any]:
     base = ["modules", name]
     environment = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spec.get("environment") or {}).items()}
     arguments = dict(spec.get("docker_arguments") or {})
@@ -262,7 +261,7 @@ def convert_target(spec: Mapping[str, Any]) -> dict[str, Any]:
 def managed_config(site: Mapping[str, Any], rules: Document) -> Managed:
     """What rules.yml asks of mercure.json; a UserError with file:line for anything wrong."""
     errors: list[Diagnostic] = []
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    env = BoundedSandbox()
     data = rules.data or {}
     managed = Managed()
     settings = data.get("settings") or {}
@@ -371,18 +370,18 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any], name: str = "mer
 
 @cache
 def _validator():  # type: ignore[no-untyped-def]
-    from jsonschema import Draft202012Validator
+    from bidsflux.site.schemas import validator_of
 
     path = Path(__file__).resolve().parents[3] / "schemas" / SCHEMA_FILE
-    return Draft202012Validator(json.loads(path.read_text(encoding="utf-8")))
+    return validator_of(json.loads(path.read_text(encoding="utf-8")))
 
 
 def model_problems(config: Mapping[str, Any], schema_dir: Path | None = None) -> list[str]:
     """Why Mercure 0.4.1's configuration model would refuse `config` (empty when it loads)."""
     if schema_dir is not None:
-        from jsonschema import Draft202012Validator
+        from bidsflux.site.schemas import validator_of
 
-        validator = Draft202012Validator(json.loads((schema_dir / SCHEMA_FILE).read_text(encoding="utf-8")))
+        validator = validator_of(json.loads((schema_dir / SCHEMA_FILE).read_text(encoding="utf-8")))
     else:
         validator = _validator()
     out = []

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bidsflux.diagnostics import Diagnostic
+from bidsflux.site.credentials import check_mapping
 from bidsflux.site.yamlsource import Document
 
 # Built-ins a rule may call; Mercure evaluates rules over `tags` only.
@@ -22,19 +23,95 @@ _ALLOWED_NODES = (
 )
 
 
+# Rules are short (`tags.Modality == 'MR' and 'T1' in tags.SeriesDescription`). Mercure's router
+# evaluates each one for every series, and DICOM senders control the tag values, so a rule must not
+# be able to build huge values, reach attributes through format strings, or nest beyond what
+# Python compiles.
+MAX_RULE_LENGTH = 2000
+MAX_RULE_NODES = 400
+MAX_RULE_DEPTH = 30
+MAX_REPEAT = 10_000
+_FORMAT_METHODS = {"format", "format_map"}
+# Methods a rule may call: none of them builds a value larger than its input.
+SAFE_METHODS = frozenset({
+    "lower", "upper", "casefold", "title", "capitalize", "strip", "lstrip", "rstrip", "startswith",
+    "endswith", "split", "rsplit", "splitlines", "partition", "rpartition", "removeprefix",
+    "removesuffix", "find", "rfind", "index", "rindex", "count", "isdigit", "isalpha", "isalnum",
+    "isnumeric", "isdecimal", "isspace", "isupper", "islower", "get", "keys", "values", "items",
+})
+
+
+def _depth(node: ast.AST) -> int:
+    """Nesting depth of the tree, without recursion (a deep tree is what is being refused)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_RULE_DEPTH + 1:
+            stack.extend((child, level + 1) for child in ast.iter_child_nodes(current))
+    return deepest
+
+
+def _is_number(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+
+
+def _is_sequence(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes))) or isinstance(node, (ast.List, ast.Tuple))
+
+
+def _basic_problem(node: ast.AST) -> str | None:
+    if not isinstance(node, _ALLOWED_NODES):
+        return f"rule uses {type(node).__name__}, which Mercure rules do not allow"
+    if isinstance(node, ast.Name) and node.id != "tags" and node.id not in SAFE_BUILTINS:
+        return f"rule uses the name '{node.id}'; only 'tags' and safe built-ins ({', '.join(sorted(SAFE_BUILTINS - {'True', 'False', 'None'}))}) are available"
+    if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+        return f"rule reaches the private attribute '{node.attr}'"
+    return None
+
+
+def _node_problem(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Attribute) and node.attr in _FORMAT_METHODS:
+        return f"rule calls .{node.attr}(): format strings reach attributes ('{{0.__class__}}'); compare values instead"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and not _is_number(node.left):
+        return "rule formats text with '%' (a width in the text or a DICOM value can allocate without bound); compare values instead"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        if not _is_number(node.left) and not _is_number(node.right):
+            return "rule multiplies two computed values (text repeated by a DICOM value can be huge); multiply by a number"
+        for factor, other in ((node.left, node.right), (node.right, node.left)):
+            if _is_number(factor) and abs(factor.value) > MAX_REPEAT and not _is_number(other):  # type: ignore[attr-defined]
+                return f"rule repeats a value {factor.value} times (at most {MAX_REPEAT})"  # type: ignore[attr-defined]
+            if _is_sequence(factor) and not _is_number(other):
+                return "rule repeats text or a list by a computed count; write the value out"
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute) and node.func.attr not in SAFE_METHODS | _FORMAT_METHODS and not node.func.attr.startswith("_"):
+            return f"rule calls .{node.func.attr}(); rules may call {', '.join(sorted(SAFE_METHODS))}"
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            if _is_number(arg) and abs(arg.value) > MAX_REPEAT:  # type: ignore[attr-defined]
+                return f"rule passes {arg.value} to a call (at most {MAX_REPEAT}): widths and counts allocate"  # type: ignore[attr-defined]
+    return None
+
+
 def check_rule_expression(expr: str) -> str | None:
     """None when `expr` is a safe rule expression over `tags`, else the reason it is not."""
+    if len(expr) > MAX_RULE_LENGTH:
+        return f"rule is {len(expr)} characters long; at most {MAX_RULE_LENGTH}"
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as exc:
         return f"rule is not a valid Python expression: {exc.msg} (column {exc.offset})"
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED_NODES):
-            return f"rule uses {type(node).__name__}, which Mercure rules do not allow"
-        if isinstance(node, ast.Name) and node.id != "tags" and node.id not in SAFE_BUILTINS:
-            return f"rule uses the name '{node.id}'; only 'tags' and safe built-ins ({', '.join(sorted(SAFE_BUILTINS - {'True', 'False', 'None'}))}) are available"
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            return f"rule reaches the private attribute '{node.attr}'"
+    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        return f"rule cannot be compiled: {type(exc).__name__}: {str(exc)[:100]}"
+    if _depth(tree) > MAX_RULE_DEPTH:
+        return f"rule is nested more than {MAX_RULE_DEPTH} levels deep"
+    nodes = list(ast.walk(tree))
+    if len(nodes) > MAX_RULE_NODES:
+        return f"rule has {len(nodes)} parts; at most {MAX_RULE_NODES}"
+    for check in (_basic_problem, _node_problem):  # the plainest reason first
+        for node in nodes:
+            problem = check(node)
+            if problem:
+                return problem
     return None
 
 
@@ -43,6 +120,13 @@ _SERIES_TOKEN = re.compile(r"\s*(?:(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>\band\b|\b
 
 def check_trigger_series(text: str) -> str | None:
     """None when `text` is quoted series names joined by and/or (with parentheses)."""
+    if len(text) > MAX_RULE_LENGTH:
+        return f"{len(text)} characters long; at most {MAX_RULE_LENGTH}"
+    depth = 0
+    for c in text:
+        depth += (c == "(") - (c == ")")
+        if depth > MAX_RULE_DEPTH:
+            return f"parentheses nested more than {MAX_RULE_DEPTH} deep"
     tokens: list[tuple[str, str]] = []
     pos = 0
     stripped = text.rstrip()
@@ -95,7 +179,21 @@ def check_trigger_series(text: str) -> str | None:
     return err
 
 
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY|ACCESS_KEY|^S3_ID$|API_KEY", re.I)
+def _credential_problems(doc: Document) -> list[Diagnostic]:
+    """Credentials written into module environments or targets: mercure.json is plain text."""
+    out: list[Diagnostic] = []
+    data = doc.data
+    for name, module in (data.get("modules") or {}).items():
+        out += check_mapping(doc, ["modules", name, "environment"], module.get("environment") or {},
+                             "mercure.json is plain text; list the secret under secrets (mounted as a file at "
+                             "/var/run/secrets/<name>) instead")
+        env = module.get("environment") or {}
+        out += [doc.diagnostic(["modules", name, "environment", k], "the S3 key id is a secret: list s3_id under secrets instead")
+                for k in env if k.upper() == "S3_ID"]
+    for name, target in (data.get("targets") or {}).items():
+        out += check_mapping(doc, ["targets", name], {k: v for k, v in target.items() if k != "type"},
+                             "mercure.json is plain text; configure targets that need credentials in Mercure")
+    return out
 
 
 def _conversion_problems(doc: Document, site: Mapping[str, Any]) -> list[Diagnostic]:
@@ -144,12 +242,7 @@ def check_rules(doc: Document, site: Mapping[str, Any], secret_catalog: Mapping[
             for i, secret in enumerate(module.get("secrets") or []):
                 if secret not in secret_catalog:
                     out.append(doc.diagnostic(["modules", name, "secrets", i], f"unknown secret '{secret}' (declared in stack/bidsflux.stack.yml: {', '.join(sorted(secret_catalog))})"))
-    for name, module in modules.items():
-        for key in module.get("environment") or {}:
-            if _SECRET_NAME.search(key):
-                out.append(doc.diagnostic(["modules", name, "environment", key],
-                                          "looks like a secret: mercure.json is plain text; list the secret under "
-                                          "secrets (mounted as a file at /var/run/secrets/<name>) instead"))
+    out.extend(_credential_problems(doc))
     out.extend(_conversion_problems(doc, site))
     receiver = (data.get("settings") or {}).get("receiver") or {}
     ae = receiver.get("ae_title")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +13,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bidsflux.diagnostics import Diagnostic, UserError
-from bidsflux.site import schemas
-from bidsflux.site.indexer import contract_problems as indexer_contract_problems
+from bidsflux.site import hazards, schemas
 from bidsflux.site.render import NON_SWARM_SERVICES, ROLE_LABEL_PREFIX, render_stack, secret_catalog
 from bidsflux.site.repository import Repository
 from bidsflux.site.topology import check_topology
-from bidsflux.site.yamlsource import Document, load
+from bidsflux.site.yamlsource import CI_TAGS, Document, load
 
-# What the dicom_indexer puts into its templates (see DESIGN.md).
-INDEXER_PLACEHOLDERS = {
-    "ReferringPhysicianName", "StudyDescription", "StudyDescriptionPath",
-    "PatientID", "PatientName", "StudyDate", "StudyInstanceUID",
-}
 # GitLab CI keywords that are not jobs.
 CI_GLOBAL_KEYS = {
     "default", "include", "stages", "variables", "workflow", "image", "services", "cache",
@@ -108,28 +101,8 @@ def _site_checks(site: Document, out: list[Diagnostic]) -> None:
     if dpp == 4789:
         out.append(site.diagnostic(["swarm", "data_path_port"], "4789 is the VXLAN default that other overlays use; pick another (9789)"))
 
-    # Indexer templates may only use what the indexer knows.
-    for key in ("storage_remote", "gitlab_group_template"):
-        text = data["indexer"][key]
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
-        except ValueError as exc:
-            out.append(site.diagnostic(["indexer", key], f"bad placeholder syntax: {exc}"))
-            continue
-        for f in fields:
-            base = f.split(".")[0].split("[")[0]
-            if base not in INDEXER_PLACEHOLDERS:
-                allowed = ", ".join(sorted(INDEXER_PLACEHOLDERS))
-                shown = "{" + f + "}" if f else "{}"
-                out.append(site.diagnostic(["indexer", key], f"placeholder {shown} is not DICOM metadata the indexer provides ({allowed})"))
-            elif f == "StudyDescriptionPath":
-                out.append(site.diagnostic(["indexer", key], "{StudyDescriptionPath} is a list (StudyDescription split at ^): "
-                                           "pick a part, for example {StudyDescriptionPath[1]}"))
-    remote = urlsplit(data["indexer"]["storage_remote"].replace("{", "").replace("}", ""))
-    if remote.hostname == data["hosts"]["s3_console"] or remote.port == data["ports"]["s3_console"]:
-        out.append(site.diagnostic(["indexer", "storage_remote"], "points at the S3 console, not the S3 API: uploads would be silently lost; use hosts.s3"))
-    else:
-        out += [site.diagnostic(path, message) for path, message in indexer_contract_problems(data)]
+    hazards.indexer_checks(site, out)
+    hazards.path_checks(site, out)
 
     for name, ref in data["images"].items():
         if isinstance(ref, str) and ref.endswith(":latest"):
@@ -212,13 +185,13 @@ def _advertise_addr_check(site: Document, out: list[Diagnostic]) -> None:
 def _storage_remote_host_check(site: Document, out: list[Diagnostic]) -> None:
     """The indexer's git-annex remote must go to the S3 API the stack serves (hosts.s3)."""
     text = site.data["indexer"]["storage_remote"]
-    netloc = urlsplit(text).netloc
-    if "{" in netloc or "}" in netloc:
-        return  # a placeholder in the host: checked by the placeholder rule
     try:
+        netloc = urlsplit(text).netloc
+        if "{" in netloc or "}" in netloc:
+            return  # a placeholder in the host: checked by the placeholder rule
         host = urlsplit(text).hostname
     except ValueError:
-        return
+        return  # reported by hazards.indexer_checks
     hosts = site.data["hosts"]
     if host and host not in (hosts["s3"], hosts["s3_console"]):
         out.append(site.diagnostic(["indexer", "storage_remote"],
@@ -359,7 +332,7 @@ def _ci_docs(repo: Repository, out: list[Diagnostic]) -> list[Document]:
         paths += sorted(p for p in repo.ci_templates.rglob("*.yml"))
     for path in paths:
         try:
-            doc = load(path, repo.root)
+            doc = load(path, repo.root, CI_TAGS)
         except UserError as exc:
             out.extend(exc.diagnostics)
             continue
@@ -424,11 +397,14 @@ def validate(repo: Repository, file_checks: Mapping[str, FileCheck] | None = Non
         _rendered_checks(repo, site, template, out)
     if template is not None:
         _secret_checks(template, out)
+        hazards.template_credential_checks(template, out)
     if "stack/runners.yml" in loaded.valid:
         _runner_checks(repo, loaded.docs["stack/runners.yml"], template, ci_docs, out)
         _runner_image_checks(loaded.docs["stack/runners.yml"], out)
     if site is not None and "stack/gitlab.yml" in loaded.valid:
         _gitlab_checks(site, loaded.docs["stack/gitlab.yml"], template, out)
+    if "stack/gitlab.yml" in loaded.valid:
+        hazards.gitlab_credential_checks(loaded.docs["stack/gitlab.yml"], out)
     for file, file_check in (file_checks or {}).items():
         if site is not None and file in loaded.valid:
             out.extend(file_check(loaded.docs[file], site, template))

@@ -14,10 +14,10 @@ from typing import Any
 
 import jinja2
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
 
 from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.site.indexer import compose_escape, storescp_exec_command
+from bidsflux.site.sandbox import TEMPLATE_FAILURES, BoundedSandbox, describe, time_limit
 from bidsflux.site.yamlsource import Document
 
 ROLE_LABEL_PREFIX = "bidsflux.role."
@@ -107,13 +107,14 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
 
 
 class TemplateRenderer:
-    """Expands "{{ ... }}" in a YAML tree (sandboxed), collecting errors with their file positions."""
+    """Expands "{{ ... }}" in a YAML tree (sandboxed, bounded), collecting errors with their file positions."""
 
     def __init__(self, template_doc: Document, context: dict[str, Any]) -> None:
         self.doc = template_doc
         self.context = context
-        # Sandboxed: the template is data from the repository, it must not reach Python internals.
-        self.env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        # Sandboxed and bounded: the template is data from the repository; it must not reach
+        # Python internals, and a mistake in it must end as a message, not exhaust the machine.
+        self.env = BoundedSandbox(keep_trailing_newline=True)
         self.errors: list[Diagnostic] = []
 
     def value(self, node: Any, path: list[Any]) -> Any:
@@ -121,18 +122,19 @@ class TemplateRenderer:
             return {k: self.value(v, [*path, k]) for k, v in node.items() if not str(k).startswith("x-bidsflux")}
         if isinstance(node, list):
             return [self.value(v, [*path, i]) for i, v in enumerate(node)]
-        if isinstance(node, str) and "{{" in node:
+        if isinstance(node, str) and ("{{" in node or "{%" in node):
             return self.expand(node, path)
         return node
 
     def expand(self, text: str, path: list[Any]) -> Any:
         try:
-            single = _SINGLE_EXPR.match(text)
-            if single and "{{" not in single.group(1):
-                return self.env.compile_expression(single.group(1), undefined_to_none=False)(**self.context)
-            return self.env.from_string(text).render(**self.context)
-        except jinja2.TemplateError as exc:
-            self.errors.append(self.doc.diagnostic(path, f"template: {exc}"))
+            with time_limit():
+                single = _SINGLE_EXPR.match(text)
+                if single and "{{" not in single.group(1):
+                    return _plain(self.env.compile_expression(single.group(1), undefined_to_none=False)(**self.context))
+                return self.env.from_string(text).render(**self.context)
+        except TEMPLATE_FAILURES as exc:
+            self.errors.append(self.doc.diagnostic(path, describe(exc)))
             return None
 
     def condition(self, expr: Any, path: list[Any]) -> bool:
@@ -140,10 +142,24 @@ class TemplateRenderer:
             self.errors.append(self.doc.diagnostic(path, "x-bidsflux-when must be an expression string"))
             return False
         try:
-            return bool(self.env.compile_expression(expr, undefined_to_none=False)(**self.context))
-        except jinja2.TemplateError as exc:
-            self.errors.append(self.doc.diagnostic(path, f"template: {exc}"))
+            with time_limit():
+                return bool(self.env.compile_expression(expr, undefined_to_none=False)(**self.context))
+        except TEMPLATE_FAILURES as exc:
+            self.errors.append(self.doc.diagnostic(path, describe(exc)))
             return False
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """An expression's result as data a stack file can hold (text, number, list, mapping)."""
+    if depth > 20:
+        raise ValueError("the expression gives a value nested too deep")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [_plain(v, depth + 1) for v in value]
+    raise TypeError(f"the expression gives {type(value).__name__}, not a value a stack file can hold")
 
 
 def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapping[str, int] | None = None) -> RenderedStack:
