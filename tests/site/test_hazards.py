@@ -169,7 +169,7 @@ def test_storage_remote_problems(url: str, message: str) -> None:
 
 
 def test_bad_storage_remote_is_positioned(repo_copy: Path) -> None:
-    set_site(repo_copy, lambda d: d["indexer"].update(storage_remote="s3://host:-1/x"))
+    set_site(repo_copy, lambda d: d["indexer"].update(storage_remote="s3://s3.localhost:-1/x"))
     found = problems(repo_copy)
     assert [p["key"] for p in found] == ["indexer.storage_remote"] and found[0]["line"] > 1
 
