@@ -614,7 +614,7 @@ def save_to_corpus(case: Case) -> Path:
 
     CORPUS.mkdir(exist_ok=True)
     text = json.dumps(case.to_json(), indent=1, sort_keys=True)
-    if len(text) > 200_000:  # big or bomb inputs are regenerated from their description instead
+    if len(text) > 20_000:  # long generated inputs compress well
         text = json.dumps({**case.to_json(), "files": {k: _compress(v) for k, v in case.files.items()}}, indent=1, sort_keys=True)
     name = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = CORPUS / f"{case.kind}-{name}.json"
