@@ -145,6 +145,10 @@ def _delete(data: Any, path: tuple[Any, ...]) -> Any:
     return data
 
 
+# Jinja expressions among the mutations that render without error (to "0").
+_RENDERS = frozenset({"{{ images.gitlab|int(base=99) }}"})
+
+
 class Mutator:
     """Produces cases from the base files with a seeded random generator."""
 
@@ -258,7 +262,11 @@ class Mutator:
                 mod["image"] = bad
             else:
                 mod["environment"]["LOG_LEVEL"] = bad
-            return Case("jinja", f"{where} = {bad!r}", self._with("stack/mercure/rules.yml", data), True)
+            # Jinja's int filter returns 0 for text it cannot read: that renders, and "0" is a value
+            must = bad not in _RENDERS
+            return Case("jinja", f"{where} = {bad!r}", self._with("stack/mercure/rules.yml", data), must)
+        if bad in _RENDERS:
+            bad = "{{ 1/0 }}"
         if where == "compose":
             files = self._replace_line("stack/mercure/docker-compose.yml", '"{{ paths.mercure_base.path }}/config:', f'"{bad}/config:')
             return Case("jinja", f"{where} = {bad!r}", files, True)
