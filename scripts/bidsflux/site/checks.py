@@ -270,8 +270,10 @@ def _secret_checks(template: Document, out: list[Diagnostic]) -> None:
             out.append(template.diagnostic(["secrets", name], "secret is not declared in x-bidsflux-secrets (bootstrap would not create it)"))
     for svc, spec in (template.data.get("services") or {}).items():
         for i, s in enumerate(spec.get("secrets") or []):
-            source = s if isinstance(s, str) else (s or {}).get("source")
-            if source not in declared:
+            source = s if isinstance(s, str) else s.get("source") if isinstance(s, dict) else None
+            if source is None:
+                out.append(template.diagnostic(["services", svc, "secrets", i], "not a secret name or {source: name}"))
+            elif source not in declared:
                 out.append(template.diagnostic(["services", svc, "secrets", i], f"secret '{source}' is not defined under secrets:"))
 
 

@@ -205,7 +205,7 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
     # Drop secrets no rendered service uses (for example storescp's when Mercure is the endpoint).
     if "secrets" in data:
         referenced = {
-            (s if isinstance(s, str) else s.get("source"))
+            (s if isinstance(s, str) else s.get("source") if isinstance(s, dict) else None)
             for svc in services.values()
             for s in svc.get("secrets", []) or []
         }
