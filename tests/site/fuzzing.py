@@ -156,6 +156,8 @@ class Mutator:
         self.rng = random.Random(seed)
         self.base = base or base_texts()
         self.data = {rel: yaml.safe_load(text) for rel, text in self.base.items()}
+        # a runner that has tags (names change with the fleet)
+        self._runner = next(n for n, r in self.data["stack/runners.yml"]["runners"].items() if r.get("tags"))
         self.kinds: list[tuple[str, Callable[[], Case]]] = [
             ("bomb", self.bomb), ("deep", self.deep), ("big", self.big),
             ("storage_remote", self.storage_remote), ("rule", self.rule), ("jinja", self.jinja),
@@ -320,7 +322,7 @@ class Mutator:
             ("stack/site.yml", "  data: [gitlab", "  1: [gitlab"),
             ("stack/site.yml", "  gitlab: gitlab.localhost", "  ? {a: 1}\n  : gitlab.localhost"),
             ("stack/gitlab.yml", "  ni-dataops:\n", "  3:\n"),
-            ("stack/runners.yml", "  dind:\n", "  0x10:\n"),
+            ("stack/runners.yml", f"  {self._runner}:\n", "  0x10:\n"),
             ("stack/bidsflux.stack.yml", "  gitlab_root_password:\n    generate", "  12:\n    generate"),
             ("stack/bidsflux.stack.yml", "  minio:\n", "  7:\n"),
         ])
@@ -337,7 +339,7 @@ class Mutator:
             ("stack/site.yml", ("site", "admin_email")), ("stack/site.yml", ("paths", "state_dir", "path")),
             ("stack/site.yml", ("secrets", "file")), ("stack/site.yml", ("images", "minio")),
             ("stack/gitlab.yml", ("schedules", "health", "cron")), ("stack/gitlab.yml", ("users", "dicom_bot", "token", "variable")),
-            ("stack/runners.yml", ("runners", "dind", "docker", "image")), ("stack/runners.yml", ("runners", "dind", "tags", 0)),
+            ("stack/runners.yml", ("runners", self._runner, "docker", "image")), ("stack/runners.yml", ("runners", self._runner, "tags", 0)),
             ("stack/mercure/rules.yml", ("settings", "receiver", "ae_title")),
             ("stack/mercure/docker-compose.yml", ("name",)),
         ])
