@@ -13,7 +13,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------------------
-APT_PACKAGES=(docker.io dcmtk git-annex busybox-static git iproute2 nodejs npm docker-compose openssl age rclone haproxy)
+APT_PACKAGES=(docker.io dcmtk git-annex busybox-static git iproute2 nodejs npm docker-compose openssl age rclone haproxy docker-registry pebble)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,10 +5,13 @@ why; with BIDSFLUX_REQUIRE_INTEGRATION=1 (set by .ci/run) such a skip is a failu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -63,3 +66,24 @@ def cli(*args: str, env: dict[str, str] | None = None) -> Result:
         pytest.fail(f"bidsflux {' '.join(args)} raised instead of reporting:\n{tb}")
     assert "Traceback (most recent call last)" not in result.output
     return result
+
+
+@contextlib.contextmanager
+def local_names(names: list[str]) -> Iterator[None]:
+    """Resolve `names` to 127.0.0.1 inside this test process only (Python clients: requests,
+    boto3, ssl), so TLS is checked against real host names without touching /etc/hosts."""
+    import socket
+
+    original = socket.getaddrinfo
+    wanted = {n.lower() for n in names}
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.lower() in wanted:
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original  # type: ignore[assignment]

@@ -17,6 +17,7 @@ from bidsflux.gitlab import cli as gitlab_cli
 from bidsflux.health import cli as health_cli
 from bidsflux.helptext import decorate
 from bidsflux.mercure import cli as mercure_cli
+from bidsflux.proxy import cli as proxy_cli
 from bidsflux.s3 import cli as s3_cli
 from bidsflux.site import cli as site_cli
 from bidsflux.swarm import cli as swarm_cli
@@ -82,7 +83,7 @@ def main() -> None:
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.
-for _module in (site_cli, swarm_cli, doctor_cli, gitlab_cli, s3_cli, mercure_cli, health_cli, canary_cli, backup_cli, ci_cli):
+for _module in (site_cli, swarm_cli, doctor_cli, proxy_cli, gitlab_cli, s3_cli, mercure_cli, health_cli, canary_cli, backup_cli, ci_cli):
     _module.register(main)
 decorate(main)
 

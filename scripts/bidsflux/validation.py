@@ -8,6 +8,7 @@ from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.gitlab.checks import check_runners_file
 from bidsflux.mercure.compose import check_compose_file
 from bidsflux.mercure.rules import check_rules_file
+from bidsflux.proxy.checks import check_site_tls
 from bidsflux.site import checks
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document, load
@@ -16,6 +17,7 @@ FILE_CHECKS: dict[str, checks.FileCheck] = {
     "stack/mercure/rules.yml": check_rules_file,
     "stack/runners.yml": check_runners_file,
     "stack/mercure/docker-compose.yml": check_compose_file,
+    "stack/site.yml": check_site_tls,
 }
 
 

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gitlab
 import pytest
 from ruamel.yaml import YAML
 
 from support import cli
+from tls_front import tls_front
 
 pytestmark = pytest.mark.integration
 
 
 def health(site: Path, emu: Any, *checks: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
-    args = ["health", "--site", str(site), "--format", "json", "--endpoint", f"gitlab={emu.url}",
-            "--endpoint", f"registry={emu.url}"]
+    # GitLab and its registry at their site URLs (https://<hosts.*>), behind the TLS proxy (`site`).
+    args = ["health", "--site", str(site), "--format", "json"]
     for name in checks:
         args += ["--check", name]
     # Nothing from a developer's environment: only what each test passes.
@@ -37,9 +39,13 @@ def bot_token(emu: Any, user: str, days: int) -> str:
 
 
 @pytest.fixture
-def site(site_copy: Callable[..., Path], tmp_path: Path) -> Path:
-    # No secrets file: every credential comes from the environment in these tests.
-    return site_copy(lambda d: d["secrets"].__setitem__("file", str(tmp_path / "absent.env")))
+def site(site_copy: Callable[..., Path], tmp_path: Path, gitlab_emulator: Any) -> Iterator[Path]:
+    """The site with the emulator as GitLab and registry behind the real Caddy (site CA). The
+    secrets file holds only the site CA: every credential comes from the environment."""
+    path = site_copy(lambda d: None)
+    backend = urlsplit(gitlab_emulator.url).netloc
+    with tls_front(path, tmp_path / "state", {"gitlab": backend, "registry": backend}):
+        yield path
 
 
 def test_gitlab_ready_registry_and_bot_token(site: Path, gitlab_emulator: Any) -> None:

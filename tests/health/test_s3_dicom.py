@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from support import cli
+from tls_front import tls_front
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +31,14 @@ def test_s3_round_trip_passes_on_seaweedfs_with_keys_from_the_secrets_file(site_
     secrets = tmp_path / "secrets.env"
     secrets.write_text(f"# written once by bootstrap\ns3_id={weed_s3.access_key}\nexport s3_secret='{weed_s3.secret_key}'\n")
 
-    def point(d: Any) -> None:
-        d["hosts"]["s3"] = "127.0.0.1"
-        d["ports"]["s3_api"] = weed_s3.port
-        d["secrets"]["file"] = str(secrets)
-
-    site = site_copy(point)
-    code, data, output = run_health(site, "--check", "s3", env={"BIDSFLUX_SECRET_S3_ID": "", "S3_ID": "", "S3_SECRET": ""})
+    # S3 as the site serves it: https://<hosts.s3> through the real Caddy with the site CA, which
+    # health finds on its own (paths.state_dir/proxy/ca.crt) and verifies with.
+    site = site_copy(lambda d: None)
+    with tls_front(site, tmp_path, {"s3": f"127.0.0.1:{weed_s3.port}"}) as front:
+        code, data, output = run_health(site, "--check", "s3", env={"BIDSFLUX_SECRET_S3_ID": "", "S3_ID": "", "S3_SECRET": ""})
     s3 = only(data, "s3")
     assert (code, s3["status"]) == (0, "ok"), s3
-    assert "round trip" in s3["reason"] and weed_s3.endpoint in s3["reason"]
+    assert "round trip" in s3["reason"] and front.url("s3") in s3["reason"]
     assert weed_s3.secret_key not in output
 
     # The canary was deleted: the health bucket holds no object afterwards.

@@ -59,7 +59,12 @@ def test_indexer_module_gets_options_env_and_secret_files_not_values(repo: Path)
     for option in ("--gitlab-url", "--storage-remote", "--gitlab-group-template", "--session-name-tag"):
         assert option in command
     assert command[-1] == "/tmp/data"
-    assert module["docker_tag"] == "registry.localhost:5050/ni-dataops/containers/dicom_indexer:0.1.0"
+    assert command[command.index("--gitlab-url") + 1] == "https://gitlab.localhost"
+    assert module["docker_tag"] == "registry.localhost/ni-dataops/containers/dicom_indexer:0.1.0"
+    # TLS: the site's CA bundle for requests, git and git-annex, mounted from the manager.
+    assert binds["/run/secrets/site-ca.crt"] == ("/var/lib/bidsflux/proxy/ca.crt", "ro")
+    for var in ("REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "SSL_CERT_FILE"):
+        assert env[var] == "/run/secrets/site-ca.crt"
 
 
 def test_target_gets_explicit_target_type(repo: Path) -> None:

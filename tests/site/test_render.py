@@ -67,7 +67,8 @@ def test_storescp_switch_renders_dicom_endpoint(repo_copy: Path) -> None:
                     "--storage-remote", "s3://s3.localhost/dicoms/{ReferringPhysicianName}/{StudyDescriptionPath[1]}",
                     "--gitlab-group-template", "{ReferringPhysicianName}/{StudyDescriptionPath[1]}",
                     "--session-name-tag", "PatientName", "/data/incoming/study_1.2.3"]
-    assert {s["source"] for s in svc["secrets"]} == {"dicom_bot_gitlab_token", "s3_id", "s3_secret"}
+    assert {s["source"] for s in svc["secrets"]} == {"dicom_bot_gitlab_token", "s3_id", "s3_secret", "tls_ca_bundle"}
+    assert svc["environment"]["REQUESTS_CA_BUNDLE"] == svc["environment"]["SYSTEM_CERTIFICATE_PATH"] == "/run/secrets/site-ca.crt"
     assert svc["environment"]["GIT_SSH_PORT"] == "222"
     assert {"s3_id", "s3_secret", "dicom_bot_gitlab_token"} <= set(stack["secrets"])
 
@@ -103,5 +104,5 @@ def test_docker_stack_config_accepts_rendered_stack(repo_copy: Path, tmp_path: P
     proc = subprocess.run([docker, "stack", "config", "-c", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
-    expected = {"gitlab", "gitlab-runner", "gitlab-runner-dind", "minio"} | ({"dicom_endpoint"} if kind == "storescp" else set())
+    expected = {"proxy", "node-trust", "gitlab", "gitlab-runner", "gitlab-runner-dind", "minio"} | ({"dicom_endpoint"} if kind == "storescp" else set())
     assert set(resolved["services"]) == expected

@@ -78,7 +78,7 @@ WRONG_FILES = [
     ("stack/site.yml", "  http: 80\n", "  http: 80\n  htps: 8443\n", "ports.htps", "htps: 8443", "unknown key"),
     ("stack/site.yml", "  dicom_bot: dicom_bot\n", "", "bots", "bots:", "missing required key 'dicom_bot'"),
     ("stack/site.yml", "    path: /srv/bidsflux/gitlab\n", "    path: srv/bidsflux/gitlab\n", "paths.gitlab_home.path", "path: srv/bidsflux/gitlab", "Absolute path"),
-    ("stack/site.yml", "  data: [gitlab,", "  data: [gitlab, gitlab,", "roles.data", "data: [gitlab, gitlab,", "non-unique"),
+    ("stack/site.yml", "  data: [proxy, gitlab,", "  data: [proxy, gitlab, gitlab,", "roles.data", "data: [proxy, gitlab, gitlab,", "non-unique"),
     ("stack/runners.yml", "    tags: [dind, swarm-manager]", "    tags: dind", "runners.deploy.tags", "tags: dind", "should be of type array"),
     ("stack/mercure/rules.yml", "    action: process", "    action: forward", "rules.mr_completed_study.action", "action: forward", "not one of"),
     ("stack/gitlab.yml", "  S3_ID: {secret: s3_id, masked: true, protected: true, raw: true}",

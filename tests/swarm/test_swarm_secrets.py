@@ -20,9 +20,11 @@ pytestmark = pytest.mark.integration
 BIDSFLUX = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "bidsflux")
 
 
-def _secret_refs(client: Any, service: str) -> list[str]:
+def _secret_refs(client: Any, service: str, logical: str = "") -> list[str]:
+    """Secrets the service mounts (those of `logical` only, when given: runners also mount tls_ca_bundle)."""
     spec = client.api.inspect_service(service)["Spec"]
-    return [r["SecretName"] for r in spec["TaskTemplate"]["ContainerSpec"].get("Secrets") or []]
+    names = [r["SecretName"] for r in spec["TaskTemplate"]["ContainerSpec"].get("Secrets") or []]
+    return [n for n in names if not logical or n.rsplit("_v", 1)[0].endswith(f"_{logical}")]
 
 
 def _ours(client: Any, stack: str, logical: str) -> list[str]:
@@ -59,7 +61,7 @@ def probe_proxy(deployed_site: SiteUnderTest, docker_client: Any) -> Any:
 def test_rotation_under_probe_has_no_failures(deployed_site: SiteUnderTest, docker_client: Any, probe_proxy: int) -> None:
     stack = deployed_site.stack
     service = f"{stack}_gitlab-runner"
-    before = _secret_refs(docker_client, service)
+    before = _secret_refs(docker_client, service, "runner_processing_config")
     failures: list[str] = []
     count = 0
     stop = threading.Event()
@@ -85,7 +87,7 @@ def test_rotation_under_probe_has_no_failures(deployed_site: SiteUnderTest, dock
         stop.set()
         thread.join(10)
     assert result.exit_code == 0, result.output
-    after = _secret_refs(docker_client, service)
+    after = _secret_refs(docker_client, service, "runner_processing_config")
     assert after == [f"{stack}_runner_processing_config_v2"] and before == [f"{stack}_runner_processing_config_v1"]
     assert _ours(docker_client, stack, "runner_processing_config") == [f"{stack}_runner_processing_config_v2"]
     assert "note for runner_processing_config" in result.output
@@ -124,7 +126,7 @@ def test_rotation_killed_at_each_step_converges(deployed_site: SiteUnderTest, do
     assert result.exit_code == 0, result.output
     versions = _ours(docker_client, stack, logical)
     assert len(versions) == 1, versions
-    assert _secret_refs(docker_client, service) == versions
+    assert _secret_refs(docker_client, service, logical) == versions
     tasks = docker_client.api.tasks(filters={"service": service, "desired-state": "running"})
     assert [t["Status"]["State"] for t in tasks] == ["running"]
     assert deployed_site.run("plan").exit_code == 0
@@ -197,11 +199,11 @@ def test_bad_input_gives_the_fix_not_a_traceback(fresh_site: SiteUnderTest, no_d
     assert result.exit_code == 1
     assert "does not exist" in result.output and "--create-dirs" in result.output
     with __import__("socket").socket() as busy:
-        busy.bind(("0.0.0.0", fresh_site.ports["s3_api"]))
+        busy.bind(("0.0.0.0", fresh_site.ports["https"]))
         busy.listen()
         result = fresh_site.run("bootstrap", "--yes", "--skip-gitlab", "--create-dirs")
         assert result.exit_code == 1
-        assert f"port {fresh_site.ports['s3_api']}" in result.output and "already in use" in result.output
+        assert f"port {fresh_site.ports['https']}" in result.output and "already in use" in result.output
     for args in (("plan",), ("deploy",), ("bootstrap", "--yes", "--skip-gitlab"), ("secrets", "list")):
         result = fresh_site.run(*args, env=no_docker_env)
         assert result.exit_code == 1, result.output

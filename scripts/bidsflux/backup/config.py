@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bidsflux.diagnostics import UserError
+from bidsflux.site.endpoints import https_url
 
 PARTS = ("values", "gitlab", "mercure", "s3")
 
@@ -80,9 +81,8 @@ def load(site: Mapping[str, Any]) -> BackupConfig:
     if not raw:
         raise UserError("site.yml has no `backup:` section: add a target and the age recipients (see the README)")
     source = raw.get("source") or {}
-    hosts, ports = site["hosts"], site["ports"]
-    scheme = source.get("scheme", "http")
-    endpoint = source.get("endpoint") or f"{scheme}://{hosts['s3']}:{ports['s3_api']}"
+    # The site's S3 as every client reaches it: https://<hosts.s3> through the TLS proxy.
+    endpoint = source.get("endpoint") or https_url(site, "s3")
     creds = source.get("credentials") or {}
     return BackupConfig(
         stack=site["site"]["name"], target=parse_target(raw["target"]),

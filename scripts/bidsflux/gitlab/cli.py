@@ -71,7 +71,7 @@ def _plan(s: Session) -> tuple[Any, Any, Any]:
     from bidsflux.gitlab.objects import connect, desired, diff, gitlab_errors, observe, secret_values_from
 
     want = desired(s.gitlab_doc, s.site, secret_values_from(s.site, os.environ))
-    gl = connect(s.url, s.token)
+    gl = connect(s.url, s.token, site=s.site)
     with gitlab_errors("reading GitLab objects", s.url, [s.token, *want.secret_values()]):
         plan = diff(want, observe(gl, want))
     return gl, want, plan
@@ -230,7 +230,7 @@ def register(main: click.Group) -> None:
             chosen = [u for u in bots if not users or u.key in users or u.username in users]
             confirm_plan([f"  rotate {u.username}/{u.token.name if u.token else ''}" for u in chosen],
                          f"{len(chosen)} token(s) are replaced; the old values stop working at once", yes)
-            gl = connect(s.url, s.token)
+            gl = connect(s.url, s.token, site=s.site)
             store = _store(gl, s)
             done = []
             for u in chosen:
@@ -249,7 +249,7 @@ def register(main: click.Group) -> None:
     @gitlab_options
     @click.option("--only", multiple=True, help="Runner or service name (repeatable); default: the whole fleet.")
     @click.option("--runner-url", default=None,
-                  help="GitLab URL the runners use (default: http://<hosts.gitlab>, GitLab's name on the stack network).")
+                  help="GitLab URL the runners use (default: https://<hosts.gitlab>, the proxy's name on the stack network).")
     @yes_option
     @format_option
     @friendly_errors
@@ -268,8 +268,8 @@ def register(main: click.Group) -> None:
         with session(site, root, url, token_env, use_root_token) as s:
             specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
             template = load(s.repo.stack_template, s.repo.root).data or {}
-            gl = connect(s.url, s.token)
-            target = runner_url or f"http://{(s.site.get('hosts') or {}).get('gitlab', 'gitlab')}"
+            gl = connect(s.url, s.token, site=s.site)
+            target = runner_url or site_url(s.site)
             confirm_plan(lambda: _register_preview(gl, specs, only), "the runner fleet will be replaced as above", yes)
             result = register(gl, specs, config_secrets(template), target, SecretSink(s.stack),
                               set(only) if only else None)
@@ -292,7 +292,7 @@ def register(main: click.Group) -> None:
 
         with session(site, root, url, token_env, use_root_token) as s:
             specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
-            gl = connect(s.url, s.token)
+            gl = connect(s.url, s.token, site=s.site)
             with gitlab_errors("listing runners", s.url, [s.token]):
                 rows = fleet_status(gl, specs)
         if fmt == "json":

@@ -53,22 +53,25 @@ def gitlab_errors(what: str, url: str, secrets: list[str] | None = None) -> Iter
 
 
 def site_url(site: Mapping[str, Any]) -> str:
-    """http://<hosts.gitlab>[:<ports.http>], GitLab's external URL as the stack renders it."""
-    hosts, ports = site.get("hosts") or {}, site.get("ports") or {}
-    port = int(ports.get("http", 80))
-    return f"http://{hosts.get('gitlab', 'localhost')}" + ("" if port == 80 else f":{port}")
+    """https://<hosts.gitlab>[:<ports.https>], GitLab's external URL behind the TLS proxy."""
+    from bidsflux.site.endpoints import gitlab_url
+
+    return gitlab_url(site)
 
 
-def connect(url: str, token: str, timeout: float | None = None) -> Any:
+def connect(url: str, token: str, timeout: float | None = None, site: Mapping[str, Any] | None = None) -> Any:
     """A python-gitlab client that never retries on its own (a retried rotation is dangerous);
-    each request waits `timeout` seconds (default: --connect-timeout)."""
+    each request waits `timeout` seconds (default: --connect-timeout). It verifies TLS with the
+    site's CA bundle (proxy.trust), never without verification."""
     import gitlab
 
     from bidsflux.console import connect_timeout
+    from bidsflux.proxy.trust import requests_verify
 
     timeout = connect_timeout() if timeout is None else timeout
 
-    gl = gitlab.Gitlab(url, private_token=token, timeout=timeout, retry_transient_errors=False, keep_base_url=True)
+    gl = gitlab.Gitlab(url, private_token=token, timeout=timeout, retry_transient_errors=False, keep_base_url=True,
+                       ssl_verify=requests_verify(site))
     with gitlab_errors("checking the token", url, [token]):
         gl.auth()
     logging.getLogger("bidsflux").info("GitLab at %s: signed in as %s (timeout %gs)", url,

@@ -42,7 +42,7 @@ DEFAULT_READY_TIMEOUT = 900.0  # GitLab's first start (migrations) takes several
 
 
 def gitlab_url(site: dict[str, Any]) -> str:
-    """BIDSFLUX_GITLAB_URL, else http://<hosts.gitlab>:<ports.http> as `bidsflux gitlab` uses it."""
+    """BIDSFLUX_GITLAB_URL, else https://<hosts.gitlab> as `bidsflux gitlab` uses it."""
     from bidsflux.gitlab.objects import site_url
 
     return os.environ.get("BIDSFLUX_GITLAB_URL") or site_url(site)
@@ -62,8 +62,11 @@ def _probe(url: str) -> tuple[bool, str]:
     """(ready, what GitLab said) for one GET of /-/readiness?all=1."""
     import requests
 
+    from bidsflux.proxy.trust import requests_verify
+
     try:
-        resp = requests.get(f"{url.rstrip('/')}/-/readiness", params={"all": "1"}, timeout=5)
+        resp = requests.get(f"{url.rstrip('/')}/-/readiness", params={"all": "1"}, timeout=5,
+                            verify=requests_verify(None))
     except requests.exceptions.RequestException as exc:
         return False, f"not answering ({type(exc).__name__})"
     if resp.status_code == 200:
@@ -179,8 +182,11 @@ def register_fleet(ctx: Any, gl: Any, url: str) -> FleetResult:
         need, unknown = services_needing_registration(gl, specs, service_secrets, ctx.client, ctx.stack)
     if not need and not unknown:
         return FleetResult(skipped_reason="every runner of runners.yml is registered and its config stored")
-    # Runners reach GitLab by its name on the stack network, as `bidsflux runners register` does.
-    target = f"http://{(ctx.site.get('hosts') or {}).get('gitlab', 'gitlab')}"
+    # Runners reach GitLab by its public name, the proxy's alias on the stack network, as
+    # `bidsflux runners register` does.
+    from bidsflux.gitlab.objects import site_url
+
+    target = site_url(ctx.site)
     result = register(gl, specs, service_secrets, target, SecretSink(ctx.stack, lambda: ctx.client),
                       set(need) if need else None)
     return FleetResult(dict(result.registered), list(result.deleted), dict(result.configs))
@@ -249,7 +255,7 @@ def run(ctx: Any, console: Console, ready_timeout_s: float | None = None, contai
             result = gitlab_day_zero(ctx.repo, url, token.value, stack=ctx.stack, secret_values=secret_values,
                                      values_file=values_file, docker_client=ctx.client)
             step[0] = "registering the runner fleet"
-            fleet = register_fleet(ctx, connect(url, token.value), url)
+            fleet = register_fleet(ctx, connect(url, token.value, site=ctx.site), url)
             token_text = str(token)
             step[0] = "revoking the admin token"
     _summary(console, url, waited, result, fleet, token_text, time.monotonic() - started)
@@ -298,6 +304,11 @@ def push_repository(repo_root: Path, gitlab_url: str, project_path: str, token: 
     basic = base64.b64encode(f"oauth2:{token}".encode()).decode()
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_COUNT": "1",
            "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
+    from bidsflux.proxy.trust import ca_bundle_file
+
+    bundle = ca_bundle_file(None)
+    if bundle:
+        env["GIT_SSL_CAINFO"] = bundle  # the site CA: verify, never disable
     try:
         sh.git("-C", str(repo_root), "push", url, f"{ref}:refs/heads/{branch}", _env=env, _err_to_out=True)
     except sh.ErrorReturnCode as exc:
@@ -326,7 +337,7 @@ def gitlab_day_zero(repo: Any, gitlab_url: str, admin_token: str, *, stack: str,
     has the commit). `admin_token` is typically `root_token(...)`'s value."""
     gdoc, site = load_config(repo)
     want = desired(gdoc, site, secret_values)
-    gl = connect(gitlab_url, admin_token)
+    gl = connect(gitlab_url, admin_token, site=site)
     secrets_known = [admin_token, *want.secret_values()]
     with gitlab_errors("reading GitLab objects", gitlab_url, secrets_known):
         plan = diff(want, observe(gl, want))

@@ -18,6 +18,7 @@ import tomli_w
 
 from bidsflux.diagnostics import UserError
 from bidsflux.gitlab.objects import gitlab_errors
+from bidsflux.site.endpoints import CA_BUNDLE_PATH
 
 CONFIG_TARGET = "runner_config.toml"
 METRICS_ADDRESS = "127.0.0.1:9252"  # the services' healthcheck reads /metrics here
@@ -90,6 +91,10 @@ def render_config(runners: list[tuple[RunnerSpec, str]], gitlab_url: str) -> str
                                  "limit": spec.concurrent}
         if spec.environment:
             entry["environment"] = list(spec.environment)
+        if gitlab_url.startswith("https://"):
+            # The site CA the stack mounts into every runner service; the runner also hands it to
+            # jobs as CI_SERVER_TLS_CA_FILE (gitlab-runner docs, [[runners]] tls-ca-file).
+            entry["tls-ca-file"] = CA_BUNDLE_PATH
         if spec.executor == "docker":
             d = spec.docker
             docker: dict[str, Any] = {"image": d["image"], "privileged": bool(d.get("privileged", False)),

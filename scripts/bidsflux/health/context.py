@@ -25,6 +25,7 @@ from bidsflux.health.core import (
 
 def load_context(site_path: str | None, root: str | None, endpoint_overrides: Mapping[str, str],
                  secrets_file: str | None, timeout: float | None, env: Mapping[str, str] | None = None) -> Context:
+    from bidsflux.proxy.trust import ca_bundle_file
     from bidsflux.site import schemas
     from bidsflux.site.repository import open_repository
     from bidsflux.site.yamlsource import load
@@ -60,6 +61,7 @@ def load_context(site_path: str | None, root: str | None, endpoint_overrides: Ma
         runner_contact_window=60.0 * site["health"].get("runner_contact_minutes", 15),
         restart_window=60.0 * site["health"].get("restart_window_minutes", 10),
         restart_threshold=int(site["health"].get("restart_threshold", 3)),
+        ca_bundle=ca_bundle_file(site, env),
     )
 
 
@@ -78,15 +80,36 @@ def http_problem(exc: Exception, url: str, timeout: float) -> str:
 
     if isinstance(exc, requests.Timeout):
         return f"{url} did not answer within {timeout:g}s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"{url}: TLS verification failed ({tls_reason(exc)})"
     if isinstance(exc, requests.ConnectionError):
         return f"cannot connect to {url} (nothing listening, or DNS/firewall)"
     return f"{url}: {first_line(exc)}"
 
 
+def tls_reason(exc: BaseException) -> str:
+    """The verifier's own words (hostname mismatch, expired, unknown CA) from a wrapped SSL error."""
+    import ssl
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return str(e.verify_message)
+        todo += [a for a in e.args if isinstance(a, BaseException)]
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+    return first_line(exc)[:200]
+
+
 def gitlab_client(ctx: Context, token: str | None, timeout: float) -> Any:
     import gitlab
 
-    return gitlab.Gitlab(ctx.endpoints["gitlab"], private_token=token, timeout=timeout, retry_transient_errors=False)
+    return gitlab.Gitlab(ctx.endpoints["gitlab"], private_token=token, timeout=timeout, retry_transient_errors=False,
+                         ssl_verify=ctx.verify)
 
 
 def gitlab_error(exc: Exception, what: str, url: str, timeout: float) -> tuple[str, str]:

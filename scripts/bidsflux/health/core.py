@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsflux.diagnostics import UserError, clip
+from bidsflux.site.endpoints import https_url
 
 # ---------------------------------------------------------------------------------------------
 # results
@@ -117,12 +118,12 @@ def endpoint_url(scheme: str, host: str, port: int, default_port: int) -> str:
 def default_endpoints(site: Mapping[str, Any]) -> dict[str, str]:
     hosts, ports = site["hosts"], site["ports"]
     return {
-        # GitLab's external_url in the stack template is plain http on ports.http.
-        "gitlab": endpoint_url("http", hosts["gitlab"], ports["http"], 80),
-        "registry": f"http://{hosts['registry']}:{ports['registry']}",
-        "s3": f"http://{hosts['s3']}:{ports['s3_api']}",
+        # Every web endpoint is behind the TLS proxy on ports.https (site.endpoints).
+        "gitlab": https_url(site, "gitlab"),
+        "registry": https_url(site, "registry"),
+        "s3": https_url(site, "s3"),
         "dicom": f"{hosts['dicom']}:{ports['dicom']}",
-        "mercure_web": f"http://{hosts['dicom']}:{ports['mercure_web']}",
+        "mercure_web": https_url(site, "dicom"),
         "mercure_config": str(Path(site["paths"]["mercure_base"]["path"]) / "config" / "mercure.json"),
     }
 
@@ -201,6 +202,13 @@ class Context:
     runner_contact_window: float = 15 * 60
     restart_window: float = 10 * 60
     restart_threshold: int = 3
+    # The CA bundle https endpoints are verified with (proxy.trust); None: the system store.
+    ca_bundle: str | None = None
+
+    @property
+    def verify(self) -> str | bool:
+        """`verify=` for requests, python-gitlab and boto3: verification is never turned off."""
+        return self.ca_bundle or True
 
     def io_timeout(self, check_timeout: float) -> float:
         """Network timeout inside a check: below its deadline, so the check itself can say what hung."""

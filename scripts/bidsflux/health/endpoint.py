@@ -78,7 +78,7 @@ def check_dicom(ctx: Context, report: Report, timeout: float) -> None:
     web = ctx.endpoints["mercure_web"].rstrip("/") + "/"
     report.step = f"GET {web}"
     try:
-        resp = http_get(web, io)
+        resp = http_get(web, io, verify=ctx.verify)
         if resp.status_code < 400:
             report.ok("Mercure web UI answers")
         else:

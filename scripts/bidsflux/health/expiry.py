@@ -25,10 +25,10 @@ from bidsflux.health.core import (
 )
 
 
-def certificate_expiry(host: str, port: int, timeout: float) -> dt.datetime:
-    """notAfter of the certificate `host` presents, verified against the system's trust store
-    (SSL_CERT_FILE adds a site CA); raises ssl.SSLError when it cannot be trusted."""
-    context = ssl.create_default_context()
+def certificate_expiry(host: str, port: int, timeout: float, cafile: str | None = None) -> dt.datetime:
+    """notAfter of the certificate `host` presents, verified against `cafile` (the site's CA
+    bundle) or the system's trust store; raises ssl.SSLError when it cannot be trusted."""
+    context = ssl.create_default_context(cafile=cafile)
     with socket.create_connection((host, port), timeout=timeout) as sock, context.wrap_socket(sock, server_hostname=host) as tls:
         cert = tls.getpeercert()
     return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(cert["notAfter"])), dt.UTC)
@@ -71,13 +71,15 @@ def check_expiry(ctx: Context, report: Report, timeout: float) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             continue
+        if name == "mercure_web" and ctx.site["dicom_endpoint"]["kind"] != "mercure":
+            continue  # storescp sites have no Mercure UI behind the proxy
         port = parts.port or 443
         report.step = f"TLS handshake {parts.hostname}:{port}"
         try:
-            when = certificate_expiry(parts.hostname, port, io)
+            when = certificate_expiry(parts.hostname, port, io, ctx.ca_bundle)
         except ssl.SSLCertVerificationError as exc:
             report.fail(f"{name} certificate at {parts.hostname}:{port} is not trusted: {exc.verify_message}",
-                        "install a certificate for this host name from a CA clients trust")
+                        "install a certificate for this host name from a CA clients trust (bidsflux tls apply)")
             continue
         except (OSError, ssl.SSLError) as exc:
             report.fail(f"cannot fetch {name}'s certificate from {parts.hostname}:{port}: {first_line(exc)}", "is the endpoint up?")

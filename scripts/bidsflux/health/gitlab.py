@@ -26,7 +26,7 @@ def check_gitlab(ctx: Context, report: Report, timeout: float) -> None:
     url = f"{base}/-/readiness?all=1"
     report.step = f"GET {url}"
     try:
-        resp = http_get(url, io)
+        resp = http_get(url, io, verify=ctx.verify)
         if resp.status_code == 404:
             report.fail("GitLab hides /-/readiness from this address (404)",
                         f"run health from an address in health.monitoring_allowlist ({allow}) or add this one")
@@ -50,7 +50,7 @@ def check_gitlab(ctx: Context, report: Report, timeout: float) -> None:
     reg = f"{ctx.endpoints['registry'].rstrip('/')}/v2/"
     report.step = f"GET {reg}"
     try:
-        resp = http_get(reg, io)
+        resp = http_get(reg, io, verify=ctx.verify)
         api = resp.headers.get("Docker-Distribution-Api-Version", "")
         if resp.status_code in (200, 401) and api.startswith("registry/2"):
             report.ok("container registry answers /v2/")

@@ -51,7 +51,7 @@ def check_s3(ctx: Context, report: Report, timeout: float) -> None:
     endpoint = ctx.endpoints["s3"].rstrip("/")
     report.step = f"GET {endpoint}/"
     try:
-        probe = http_get(endpoint + "/", io)
+        probe = http_get(endpoint + "/", io, verify=ctx.verify)
     except Exception as exc:  # noqa: BLE001
         report.fail(http_problem(exc, endpoint, io), "is MinIO running and ports.s3_api published? (bidsflux health --check swarm)")
         return
@@ -68,6 +68,7 @@ def check_s3(ctx: Context, report: Report, timeout: float) -> None:
         return
     client = boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret, region_name="us-east-1",
+        verify=ctx.verify,
         config=Config(signature_version="s3v4", connect_timeout=io, read_timeout=io, retries={"max_attempts": 1},
                       s3={"addressing_style": "path"},
                       # Newer botocore adds CRC trailers some S3 servers reject; checksums are ours.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site import endpoints
 from bidsflux.site import indexer as site_indexer
 from bidsflux.site.sandbox import TEMPLATE_FAILURES, BoundedSandbox, describe, time_limit
 from bidsflux.site.yamlsource import Document
@@ -220,6 +221,8 @@ def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], 
     volumes: dict[str, dict[str, str]] = {}
     for secret in spec.get("secrets") or []:
         volumes[f"{secrets_dir(site)}/{secret}"] = {"bind": f"{SECRETS_MOUNT}/{secret}", "mode": "ro"}
+    if spec.get("indexer"):
+        volumes[endpoints.host_ca_bundle(site)] = {"bind": endpoints.CA_BUNDLE_PATH, "mode": "ro"}
     out = dict(MODULE_DEFAULTS)
     out.update({
         "docker_tag": _expand(env, spec["image"], site, doc, [*base, "image"], errors),

@@ -196,7 +196,7 @@ def _storage_remote_host_check(site: Document, out: list[Diagnostic]) -> None:
     if host and host not in (hosts["s3"], hosts["s3_console"]):
         out.append(site.diagnostic(["indexer", "storage_remote"],
                                    f"host {host} is not hosts.s3 ({hosts['s3']}): the indexer would store data in "
-                                   f"another S3; write s3://{hosts['s3']}:{site.data['ports']['s3_api']}/..."))
+                                   f"another S3; write s3://{hosts['s3']}/..."))
 
 
 def _mercure_receiver_port_check(site: Document, rules: Document, compose: Document | None,
@@ -249,7 +249,8 @@ def _placement_checks(site: Document, template: Document, out: list[Diagnostic])
             if svc not in services and svc not in NON_SWARM_SERVICES:
                 out.append(site.diagnostic(["roles", role, i], f"no service '{svc}' in stack/bidsflux.stack.yml"))
     for name, spec in services.items():
-        if name not in placed:
+        # A global service runs on every node by definition (node-trust): no role to place it by.
+        if name not in placed and ((spec.get("deploy") or {}).get("mode") != "global"):
             out.append(template.diagnostic(["services", name], f"service is on no node role; add it to roles in {site.display}"))
         constraints = ((spec.get("deploy") or {}).get("placement") or {}).get("constraints") or []
         for i, c in enumerate(constraints):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bidsflux.site.endpoints import ca_client_environment
+
 INDEXER_SCRIPT = ["python3", "/indexer/index_dicom.py"]
 # Where entrypoint.sh reads its credentials (falling back to GITLAB_TOKEN / AWS_* variables).
 SECRET_FILES = {
@@ -57,6 +59,9 @@ def indexer_environment(site: Mapping[str, Any]) -> dict[str, str]:
         "GITLAB_BOT_USERNAME": bots["dicom_bot"],
         "GITLAB_BOT_EMAIL": f"{bots['dicom_bot']}@{bots['email_domain']}",
         "GIT_SSH_PORT": str(site["ports"]["gitlab_ssh"]),
+        # The site's CA bundle (mounted at CA_BUNDLE_PATH): Python requests, git, and git-annex's
+        # S3 remote (SYSTEM_CERTIFICATE_PATH; it ignores SSL_CERT_FILE) verify the TLS proxy.
+        **ca_client_environment(),
     }
 
 

@@ -8,6 +8,7 @@ lists stay lists. Output is deterministic: keys are sorted and nothing depends o
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import jinja2
 import yaml
 
 from bidsflux.diagnostics import Diagnostic, UserError
+from bidsflux.site import endpoints
 from bidsflux.site.indexer import compose_escape, storescp_exec_command
 from bidsflux.site.sandbox import TEMPLATE_FAILURES, BoundedSandbox, describe, time_limit
 from bidsflux.site.yamlsource import Document
@@ -90,6 +92,27 @@ def size_bytes(value: int | str) -> int:
     return int(m.group(1)) * 1024 ** "_kmg".index((m.group(2) or "_").lower())
 
 
+def node_trust_folder(site: Mapping[str, Any]) -> str:
+    """<node_trust_dir>/<registry> as the node-trust container sees it (the host's / under /host)."""
+    trust_dir = str((site.get("tls") or {}).get("node_trust_dir", "/etc/docker/certs.d")).rstrip("/")
+    return f"/host{trust_dir}/{endpoints.registry_address(site)}"
+
+
+def node_trust_script(site: Mapping[str, Any]) -> str:
+    """The node-trust service's shell: copy the CA bundle to <node_trust_dir>/<registry>/ca.crt on
+    its node (atomically), then idle. No `$` in it: compose would interpolate it."""
+    folder = shlex.quote(node_trust_folder(site))
+    return (f"set -e; mkdir -p {folder}; cp {endpoints.CA_BUNDLE_PATH} {folder}/.ca.crt.new; "
+            f"mv {folder}/.ca.crt.new {folder}/ca.crt; echo trusting the site CA in {folder}/ca.crt; "
+            "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done")
+
+
+def node_trust_parent(site: Mapping[str, Any]) -> str:
+    """Top-level folder of tls.node_trust_dir: it exists on every node (certs.d itself may not)."""
+    trust_dir = str((site.get("tls") or {}).get("node_trust_dir", "/etc/docker/certs.d"))
+    return "/" + trust_dir.strip("/").split("/")[0]
+
+
 def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str]) -> dict[str, Any]:
     disks = site["paths"]["minio_disks"]
     targets = [f"/data{i + 1}" for i in range(len(disks))]
@@ -102,6 +125,15 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
         ],
         "minio_volume_targets": targets,
         "indexer_command": indexer_command(site),
+        "gitlab_url": endpoints.gitlab_url(site),
+        "registry_url": endpoints.https_url(site, "registry"),
+        "registry_address": endpoints.registry_address(site),
+        "s3_console_url": endpoints.https_url(site, "s3_console"),
+        "proxied_hosts": endpoints.proxied_hosts(site),
+        "ca_bundle_path": endpoints.CA_BUNDLE_PATH,
+        "node_trust_script": node_trust_script(site),
+        "node_trust_parent": node_trust_parent(site),
+        "node_trust_file": node_trust_folder(site) + "/ca.crt",
         "secret_name": secret_name,
     }
 

@@ -74,6 +74,15 @@ def _ports_held_by_stack(ctx: SwarmContext) -> set[int]:
             if p.get("PublishedPort")}
 
 
+def tls_day_zero(ctx: SwarmContext, console: Console) -> list[str]:
+    """Certificates, the proxy's Caddyfile and the tls_ca_bundle secret, before the stack is
+    deployed: the proxy and every client mount them (the proxy domain owns how)."""
+    from bidsflux.proxy.apply import run, swarm_reloader
+
+    _, done = run(ctx.site, ctx.repo.root, console, ctx.client, swarm_reloader(ctx.client, ctx.stack))
+    return [f"tls: {line}" for line in done]
+
+
 def gitlab_day_zero(ctx: SwarmContext, console: Console, timeout: float | None = None) -> None:
     """Hook for GitLab's day zero (root token, bots, projects, runner registration), called once the
     stack has converged. It belongs to the GitLab engine; until that module provides
@@ -109,6 +118,8 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
     console.print(f"worker join command (run on the processing server): {join}\n"
                   f"  or from this repository there: ./scripts/bootstrap.sh --join {join.removeprefix('docker swarm join ')}",
                   highlight=False, markup=False)
+    changes += tls_day_zero(ctx, console)
+    ctx.rerender()
     plan = ctx.plan()
     if not plan.empty:
         for line in format_plan(plan):

@@ -97,8 +97,9 @@ def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list
         differences = ", ".join(f"{k} is {v['live']}, site.yml says {v['desired']}" for k, v in c.fields.items())
         raise UserError(f"network {c.name}: {differences}; {c.note}")
     for c in plan.of("network", "create"):
-        ensure_network(ctx.client, c.name, ctx.site["swarm"]["network"]["subnet"])
-        done.append(f"created attachable overlay network {c.name} ({ctx.site['swarm']['network']['subnet']})")
+        net = ctx.site["swarm"]["network"]
+        ensure_network(ctx.client, c.name, net["subnet"], bool(net.get("encrypted", False)))
+        done.append(f"created attachable{' encrypted' if net.get('encrypted') else ''} overlay network {c.name} ({net['subnet']})")
     labels = plan.of("node_label")
     if labels:
         if any(c.name.startswith("?") for c in labels):

@@ -35,10 +35,12 @@ def stack_deploy(compose_text: str, stack: str, workdir: Path | None = None) -> 
             raise UserError("the docker CLI is not installed; install docker.io (apt-get install docker.io)") from None
 
 
-def ensure_network(client: Any, name: str, subnet: str) -> None:
+def ensure_network(client: Any, name: str, subnet: str, encrypted: bool = False) -> None:
     from docker.types import IPAMConfig, IPAMPool
 
+    # swarm.network.encrypted: IPsec between nodes (`docker network create --opt encrypted`).
     client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
+                           options={"encrypted": ""} if encrypted else None,
                            ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]),
                            labels={LABEL_MANAGED: "true", NETWORK_LABEL: name})
 

@@ -171,7 +171,8 @@ def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
     }
     used_roles = sorted({role for role, svcs in site["roles"].items() if svcs})
     net = site["swarm"]["network"]
-    return DesiredState(stack, services, {"name": net["name"], "subnet": net["subnet"]}, used_roles,
+    return DesiredState(stack, services, {"name": net["name"], "subnet": net["subnet"],
+                                          "encrypted": bool(net.get("encrypted", False))}, used_roles,
                         dict(rendered.secrets), rendered.data,
                         {"roles": site["roles"], "nodes": site.get("nodes")})
 
@@ -261,7 +262,9 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
         if n["Name"] == network_name and n.get("Scope") == "swarm":
             configs = (n.get("IPAM") or {}).get("Config") or []
             network = {"name": n["Name"], "subnet": configs[0].get("Subnet") if configs else None,
-                       "attachable": bool(n.get("Attachable")), "driver": n.get("Driver"), "id": n["Id"]}
+                       "attachable": bool(n.get("Attachable")), "driver": n.get("Driver"), "id": n["Id"],
+                       # Docker's overlay option: present (value "") when IPsec is on.
+                       "encrypted": "encrypted" in (n.get("Options") or {})}
     services, ids = {}, {}
     for s in svcs:
         spec = s["Spec"]
@@ -365,13 +368,16 @@ def diff(want: DesiredState, live: ObservedState) -> Plan:
     if live.network is None:
         changes.append(Change("network", "create", net["name"],
                               {"subnet": {"live": None, "desired": net["subnet"]},
-                               "attachable": {"live": None, "desired": True}}))
+                               "attachable": {"live": None, "desired": True},
+                               **({"encrypted": {"live": None, "desired": True}} if net.get("encrypted") else {})}))
     else:
         fields = {}
         if live.network["subnet"] != net["subnet"]:
             fields["subnet"] = {"live": live.network["subnet"], "desired": net["subnet"]}
         if not live.network["attachable"]:
             fields["attachable"] = {"live": False, "desired": True}
+        if bool(live.network.get("encrypted")) != bool(net.get("encrypted", False)):
+            fields["encrypted"] = {"live": bool(live.network.get("encrypted")), "desired": bool(net.get("encrypted"))}
         if fields:
             changes.append(Change("network", "update", net["name"], fields,
                                   "a swarm network cannot change in place: remove the stack's use of it, then "

@@ -93,6 +93,10 @@ def generate_value(kind: str) -> str:
             "check_interval = 0\n"
             'listen_address = "127.0.0.1:9252"\n'
         )
+    if kind == "tls_ca_bundle":
+        # Certificates are made by the proxy domain (it keeps the CA key); bootstrap runs it first.
+        raise UserError("the tls_ca_bundle secret is written by `bidsflux tls apply`, not generated; run it "
+                        "(bootstrap does) or `bidsflux tls rotate --ca` to replace the CA")
     raise UserError(f"unknown secret kind '{kind}' in x-bidsflux-secrets (use password, username, access_key, "
                     "secret_key, placeholder or runner_config)")
 
