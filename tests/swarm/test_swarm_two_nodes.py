@@ -97,9 +97,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, stand_
     try:
         nodes.setup()
         manager, worker = nodes.manager.client(), nodes.worker.client()
-        data_images = [stand_in_images[k] for k in ("gitlab", "runner", "minio", "storescp")]
+        data_images = [stand_in_images[k] for k in ("gitlab", "runner", "minio", "storescp", "caddy")]
         nodes.load_images(nodes.manager, data_images)
-        nodes.load_images(nodes.worker, [stand_in_images["runner"]])
+        # node-trust (the TLS CA for Docker) is global: it runs on the worker too.
+        nodes.load_images(nodes.worker, [stand_in_images["runner"], stand_in_images["caddy"]])
         site = make_site(tmp, docker_client, stand_in_images)
 
         def two_servers(d: Any) -> None:

@@ -133,6 +133,7 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
         "ca_bundle_path": endpoints.CA_BUNDLE_PATH,
         "node_trust_script": node_trust_script(site),
         "node_trust_parent": node_trust_parent(site),
+        "proxy_extra_hosts": ["host.docker.internal:host-gateway"] if site["dicom_endpoint"]["kind"] == "mercure" else [],
         "node_trust_file": node_trust_folder(site) + "/ca.crt",
         "secret_name": secret_name,
     }
