@@ -319,7 +319,7 @@ class Mutator:
             ("stack/mercure/rules.yml", "      LOG_LEVEL: INFO", "      1.5: INFO"),
             ("stack/mercure/rules.yml", "targets: {}", "targets: {7: {type: folder}}"),
             ("stack/site.yml", "  http: 80", "  1: 80"),
-            ("stack/site.yml", "  data: [gitlab", "  1: [gitlab"),
+            ("stack/site.yml", "  data: [proxy, gitlab", "  1: [proxy, gitlab"),
             ("stack/site.yml", "  gitlab: gitlab.localhost", "  ? {a: 1}\n  : gitlab.localhost"),
             ("stack/gitlab.yml", "  ni-dataops:\n", "  3:\n"),
             ("stack/runners.yml", f"  {self._runner}:\n", "  0x10:\n"),
