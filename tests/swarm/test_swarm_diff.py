@@ -43,3 +43,11 @@ def test_removed_environment_variable_is_a_change() -> None:
     edited = dict(SERVICE, environment={})
     changes = diff_service(desired_service("app", edited, TOP), live_view(SERVICE))
     assert list(changes) == ["env"]
+
+
+def test_environment_changes_name_keys_never_values() -> None:
+    secret = "s3cr3t-value-in-an-env-var"
+    edited = dict(SERVICE, environment={"A": secret, "B": "new"})
+    changes = diff_service(desired_service("app", edited, dict(TOP)), live_view(dict(SERVICE, environment={"A": "1", "C": secret})))
+    assert changes["env"] == {"live": ["A", "C"], "desired": {"A": "changed", "B": "added", "C": "removed"}}
+    assert secret not in repr(changes) and "'1'" not in repr(changes)

@@ -11,6 +11,24 @@ import click
 from bidsflux.diagnostics import UserError
 
 
+def _known_secrets(env: dict[str, str]) -> list[str]:
+    """Values the note or issue must not carry: the values file of this site when the job can read
+    it, and the job's secret variables (the same scrubbing as the CLI's own output)."""
+    from bidsflux.swarm.secretstore import known_secret_values
+
+    site: dict | None = None  # type: ignore[type-arg]
+    try:
+        from bidsflux.site.repository import open_repository
+        from bidsflux.site.yamlsource import load
+
+        repo = open_repository(None, None)
+        data = load(repo.site_file, repo.root).data
+        site = data if isinstance(data, dict) else None
+    except (UserError, OSError, ValueError):
+        site = None  # no checkout here: the environment's values still count
+    return known_secret_values(site, env)
+
+
 def register(main: click.Group) -> None:
     from bidsflux.console import friendly_errors
 
@@ -33,7 +51,7 @@ def register(main: click.Group) -> None:
         project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
         if not project_id:
             raise UserError("CI_PROJECT_ID is not set: run this inside a GitLab CI job")
-        body = plan_note_body(load_plans(files), env.get("CI_PIPELINE_URL"))
+        body = plan_note_body(load_plans(files), env.get("CI_PIPELINE_URL"), _known_secrets(env))
         # Merge-request pipelines hold no write token (the plan runs with a read_api token): the note
         # needs BIDSFLUX_GITLAB_NOTE_TOKEN (optional, e.g. a Reporter project access token); without
         # one, or if GitLab refuses it, the note goes to the job log and plan-note.md (artifact).
@@ -60,14 +78,22 @@ def register(main: click.Group) -> None:
     @friendly_errors
     def issues(kind: str, report: Path) -> None:
         """Open, update or close one GitLab issue per failing check (health) or drifted domain (drift)."""
-        from bidsflux.ci.reports import connect, gitlab_call, problems_from_drift, problems_from_health, sync_issues
+        from bidsflux.ci.reports import (
+            connect,
+            gitlab_call,
+            problems_from_drift,
+            problems_from_health,
+            scrub_problems,
+            sync_issues,
+        )
 
         try:
             data = json.loads(report.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise UserError(f"{report}: not JSON ({exc})") from None
-        problems, checked = problems_from_health(data, "Backup" if kind == "backup" else "Health check") if kind in ("health", "backup") else problems_from_drift(data)
         env = dict(os.environ)
+        problems, checked = problems_from_health(data, "Backup" if kind == "backup" else "Health check") if kind in ("health", "backup") else problems_from_drift(data)
+        problems = scrub_problems(problems, _known_secrets(env))
         project_id = env.get("CI_PROJECT_ID") or env.get("CI_PROJECT_PATH")
         if not project_id:
             raise UserError("CI_PROJECT_ID is not set: run this inside a GitLab CI job")

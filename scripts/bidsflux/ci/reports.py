@@ -61,8 +61,10 @@ def _change_line(change: Mapping[str, Any]) -> str:
     return f"{sign} {change.get('kind', '?')} {change.get('name', '?')}{shown}"
 
 
-def plan_note_body(plans: Mapping[str, Any], pipeline_url: str | None = None) -> str:
-    """Markdown for people, the JSON for tools, per domain (swarm, gitlab, mercure)."""
+def plan_note_body(plans: Mapping[str, Any], pipeline_url: str | None = None, known: Iterable[str] = ()) -> str:
+    """Markdown for people, the JSON for tools, per domain (swarm, gitlab, mercure); scrubbed of
+    `known` secret values, token shapes and URL credentials like everything bidsflux prints."""
+    from bidsflux.redact import scrub
     parts = [PLAN_MARKER, "### bidsflux plan", ""]
     total = 0
     for domain, plan in plans.items():
@@ -81,7 +83,7 @@ def plan_note_body(plans: Mapping[str, Any], pipeline_url: str | None = None) ->
     if pipeline_url:
         footer += f" (pipeline {pipeline_url})"
     parts.append(footer)
-    return "\n".join(parts) + "\n"
+    return scrub("\n".join(parts) + "\n", known)
 
 
 def load_plans(files: Iterable[Path]) -> dict[str, Any]:
@@ -131,6 +133,14 @@ def problems_from_health(report: Mapping[str, Any], what: str = "Health check") 
             body = f"**{check['name']}** fails: {check.get('reason', '')}\n\nFix: {check.get('fix') or 'see details'}\n\n{details}".rstrip()
             problems.append(Problem(check["name"], f"{what} failing: {check['name']}", body))
     return problems, names
+
+
+def scrub_problems(problems: list[Problem], known: Iterable[str]) -> list[Problem]:
+    """Issue titles and bodies scrubbed like CLI output (a report file may come from anywhere)."""
+    from bidsflux.redact import scrub
+
+    known = list(known)
+    return [Problem(p.key, scrub(p.title, known), scrub(p.body, known)) for p in problems]
 
 
 def problems_from_drift(plan: Mapping[str, Any], domain: str = "swarm") -> tuple[list[Problem], list[str]]:

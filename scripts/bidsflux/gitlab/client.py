@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -12,10 +11,10 @@ from bidsflux.diagnostics import UserError, clip
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "****")
-    return re.sub(r"(glpat-|glrt-)[A-Za-z0-9_\-]{8,}", r"\1****", text)
+    """The scrubbing all output gets (bidsflux.redact): known values, token shapes, URL credentials."""
+    from bidsflux import redact
+
+    return redact.scrub(text, secrets)
 
 
 @contextmanager

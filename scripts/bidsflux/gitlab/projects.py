@@ -8,6 +8,7 @@ from typing import Any
 from bidsflux.gitlab.client import get_or_none
 from bidsflux.gitlab.reconcile import UNREADABLE, ApplyContext, Change, Observed, Plan, field_changes, readonly_guard
 from bidsflux.gitlab.spec import ACCESS_NAMES, Desired, is_url
+from bidsflux.redact import strip_url_credentials
 
 KINDS = ("setting", "project", "protected_branch")
 
@@ -52,7 +53,9 @@ def diff(want: Desired, obs: Observed, plan: Plan) -> None:
         if live is None:
             d: dict[str, Any] = {}
             if p.mirror_from:
-                d["import_url" if is_url(p.mirror_from) else "pushed_from"] = {"from": None, "to": p.mirror_from}
+                # A mirror URL may carry credentials (https://user:token@host/...): plans never show them.
+                d["import_url" if is_url(p.mirror_from) else "pushed_from"] = {"from": None,
+                                                                               "to": strip_url_credentials(p.mirror_from)}
             d.update({k: {"from": None, "to": v} for k, v in p.settings.items()})
             add(Change("create", "project", p.path, d))
             for b, lv in p.protected_branches.items():

@@ -249,9 +249,9 @@ def select(names: Iterable[str]) -> list[Check]:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
+    from bidsflux import redact
+
+    return redact.scrub(text, secrets)
 
 
 def first_line(exc: BaseException) -> str:

@@ -110,15 +110,20 @@ def register(main: click.Group) -> None:
     @friendly_errors
     def plan(site: str | None, root: str | None, fmt: str) -> None:
         """Compare the live swarm with the rendered stack. Exit 0 no change, 2 changes, 1 error."""
+        from bidsflux.redact import scrub
         from bidsflux.swarm.plan import format_plan
+        from bidsflux.swarm.secretstore import known_secret_values
 
         ctx = _context(site, root)
         the_plan = ctx.plan()
+        # Env values never enter a plan; any other field holding a known value is scrubbed too
+        # (the output becomes CI logs, artifacts, MR notes and drift issues).
+        known = known_secret_values(ctx.site)
         if fmt == "json":
-            click.echo(json.dumps(_plan_document(ctx, the_plan), indent=2, sort_keys=True))
+            click.echo(scrub(json.dumps(_plan_document(ctx, the_plan), indent=2, sort_keys=True), known))
         else:
             for line in format_plan(the_plan):
-                click.echo(line)
+                click.echo(scrub(line, known))
         sys.exit(0 if the_plan.empty else 2)
 
     @main.command()
@@ -189,7 +194,8 @@ def register(main: click.Group) -> None:
 
     @secrets.command("rotate")
     @click.argument("names", nargs=-1)
-    @click.option("--all", "all_", is_flag=True, help="Rotate every secret of the stack.")
+    @click.option("--all", "all_", is_flag=True,
+                  help="Rotate every generated secret of the stack (registered and minted ones are listed as skipped).")
     @site_option
     @root_option
     @click.option("--timeout", type=float, default=900, show_default=True, help=TIMEOUT_HELP)
@@ -198,24 +204,25 @@ def register(main: click.Group) -> None:
     @friendly_errors
     def secrets_rotate(names: tuple[str, ...], all_: bool, site: str | None, root: str | None, timeout: float,
                        yes: bool, fmt: str) -> None:
-        """New version of each secret, services moved to it (start-first where their update order
-        says so), healthy, old version removed. Safe to re-run after an interruption.
+        """New version of each generated secret, services moved to it (start-first where their
+        update order says so), healthy, old version removed. Safe to re-run after an interruption.
 
+        Runner configs (`runners register`) and GitLab tokens (`gitlab tokens rotate`) are renewed
+        by their own commands: naming one here is refused, --all lists them as skipped.
         On a terminal the secrets and the services that restart are shown and you are asked first."""
         from dataclasses import asdict
 
         from bidsflux.site.render import secret_catalog
-        from bidsflux.swarm.rotation import rotate, rotate_one
+        from bidsflux.swarm.rotation import choose, rotate, rotate_one
         from bidsflux.swarm.secretstore import our_secrets
 
         ctx = _context(site, root)
         catalog = secret_catalog(ctx.template.data)
         if all_ == bool(names):
             raise UserError(f"name the secrets to rotate or pass --all (secrets: {', '.join(sorted(catalog))})")
-        chosen = sorted(ctx.rendered.secrets) if all_ else list(names)
-        unknown = sorted(set(chosen) - set(catalog))
-        if unknown:
-            raise UserError(f"unknown secret {', '.join(unknown)}; known: {', '.join(sorted(catalog))}")
+        chosen, skipped = choose(catalog, list(names), sorted(ctx.rendered.secrets) if all_ else None)
+        for line in skipped:
+            _console(fmt).print(line, highlight=False, markup=False)
         users = {v.logical: sorted(v.used_by) for v in our_secrets(ctx.client, ctx.stack) if v.used_by}
         confirm_plan([f"  rotate {n}: restarts {', '.join(users.get(n, [])) or 'no running service'}" for n in chosen],
                      f"{len(chosen)} secret(s) get a new value and their services restart", yes)

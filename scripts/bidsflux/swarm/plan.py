@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bidsflux.diagnostics import UserError
+from bidsflux.redact import env_change
 from bidsflux.site.render import RenderedStack, role_label
 from bidsflux.swarm.nodes import Node, label_changes, observe_nodes
 from bidsflux.swarm.secretstore import LABEL_MANAGED, LABEL_SECRET, LABEL_STACK, LABEL_VERSION
@@ -351,6 +352,11 @@ def diff_service(want: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, 
         if value is None:
             continue
         current = live.get(key)
+        if key == "env":
+            # Values may be secrets: the plan names the keys that differ, never their values.
+            if not _same(value, current if current is not None else {}):
+                changed[key] = env_change(value, current)
+            continue
         if key in _PARTIAL_FIELDS and isinstance(value, dict):
             current = current or {}
             sub = {k: v for k, v in value.items() if not _same(v, current.get(k))}
@@ -401,8 +407,10 @@ def diff(want: DesiredState, live: ObservedState) -> Plan:
                                   "generated with random content"))
     for name, spec in sorted(want.services.items()):
         if name not in live.services:
-            changes.append(Change("service", "create", name,
-                                  {k: {"live": None, "desired": v} for k, v in spec.items() if v not in (None, [], {})}))
+            fields = {k: {"live": None, "desired": v} for k, v in spec.items() if v not in (None, [], {})}
+            if "env" in fields:
+                fields["env"] = env_change(spec["env"], None)
+            changes.append(Change("service", "create", name, fields))
             continue
         fields = diff_service(spec, live.services[name])
         if fields:
