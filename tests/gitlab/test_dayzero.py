@@ -24,7 +24,7 @@ from bidsflux.gitlab.runners import config_secrets
 from bidsflux.swarm import secretstore
 from bidsflux.swarm.deploy import load_context
 
-RUNNERS = {"deploy", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
+RUNNERS = {"deploy", "mercure", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
 
 
 def _console() -> tuple[Console, io.StringIO]:

@@ -75,7 +75,7 @@ def test_tokens_rotate_cli_never_prints_values(gitlab_emulator, repo_copy: Path)
     assert bad.exit_code == 1 and "nobody" in bad.output
 
 
-FLEET = {"deploy", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
+FLEET = {"deploy", "mercure", "plan", "build", "processing", "processing-fuse", "processing-untagged"}
 
 
 def _owners(gl) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +100,8 @@ class RecordingSink(SecretSink):
 @pytest.mark.integration
 def test_runners_register_replace_and_prune(gitlab_emulator, site_repo, swarm_client) -> None:  # type: ignore[no-untyped-def]
     root, stack = site_repo
-    specs = runner_specs(load(root / "stack" / "runners.yml").data)
+    site = load(root / "stack" / "site.yml").data
+    specs = runner_specs(load(root / "stack" / "runners.yml").data, site)
     secrets = config_secrets(load(root / "stack" / "bidsflux.stack.yml").data)
     gl = connect(gitlab_emulator.url, gitlab_emulator.admin_token)
     _owners(gl)
@@ -126,6 +127,17 @@ def test_runners_register_replace_and_prune(gitlab_emulator, site_repo, swarm_cl
         "project_type", gl.projects.get("ni-dataops/bidsflux").id, True, "ref_protected")
     assert "/var/run/docker.sock:/var/run/docker.sock" in dind["deploy"]["docker"]["volumes"]
     assert dind["deploy"]["docker"]["privileged"] is False
+    # Each runner's jobs get what runners.yml `mounts` names, at the host's own path.
+    state, values = site["paths"]["state_dir"]["path"], site["secrets"]["file"]
+    values_dir = values.rsplit("/", 1)[0]
+    extra = [] if values_dir.startswith(state) else [f"{values_dir}:{values_dir}"]  # the values file's own folder
+    mercure_config = site["paths"]["mercure_base"]["path"] + "/config"
+    assert dind["deploy"]["docker"]["volumes"][:2 + len(extra)] == [
+        "/var/run/docker.sock:/var/run/docker.sock", f"{state}:{state}", *extra]
+    assert dind["mercure"]["docker"]["volumes"][:2] == ["/var/run/docker.sock:/var/run/docker.sock",
+                                                       f"{mercure_config}:{mercure_config}"]
+    assert f"{mercure_config}:{mercure_config}:ro" in dind["plan"]["docker"]["volumes"]
+    assert not any(v.startswith(("/var/run/docker.sock", state)) for v in dind["plan"]["docker"]["volumes"])
     assert gitlab_emulator.runner_by_token(dind["plan"]["token"]).access_level == "not_protected"
     assert not any(v.startswith("/var/run/docker.sock") for v in dind["plan"]["docker"]["volumes"])
     # Re-registering replaces: exactly one runner per entry, the new ones, in new secret versions.
@@ -147,7 +159,8 @@ def test_runners_register_replace_and_prune(gitlab_emulator, site_repo, swarm_cl
 def test_register_failing_part_way_keeps_switched_services_live(gitlab_emulator, site_repo, swarm_client) -> None:  # type: ignore[no-untyped-def]
     """Fault 11: services already switched to their new config keep the runners whose tokens it holds."""
     root, stack = site_repo
-    specs = runner_specs(load(root / "stack" / "runners.yml").data)
+    site = load(root / "stack" / "site.yml").data
+    specs = runner_specs(load(root / "stack" / "runners.yml").data, site)
     secrets = config_secrets(load(root / "stack" / "bidsflux.stack.yml").data)
     gl = connect(gitlab_emulator.url, gitlab_emulator.admin_token)
     _owners(gl)

@@ -33,6 +33,37 @@ def _ours(client: Any, stack: str, logical: str) -> list[str]:
 
 
 @pytest.fixture
+def runner_configs_generated(deployed_site: SiteUnderTest) -> Any:
+    """The runner services are this stack's start-first services, and the moving mechanics under
+    test (start-first, resume after a kill) are the same for every generated secret; a runner's
+    config is normally registered (only `runners register` renews it), so this test site declares
+    its runner configs generated for the duration of the test."""
+    template = deployed_site.root / "stack" / "bidsflux.stack.yml"
+    saved = template.read_text()
+    text = saved
+    for name in ("runner_dind_config", "runner_processing_config"):
+        text = text.replace(f"  {name}:\n    generate: runner_config\n    owner: registered\n",
+                            f"  {name}:\n    generate: runner_config\n    owner: generated\n")
+    assert text.count("owner: generated") == saved.count("owner: generated") + 2
+    template.write_text(text)
+    yield
+    template.write_text(saved)
+
+
+def test_rotating_a_registered_or_minted_secret_by_name_is_refused(deployed_site: SiteUnderTest,
+                                                                   docker_client: Any) -> None:
+    stack = deployed_site.stack
+    before = _ours(docker_client, stack, "runner_dind_config")
+    result = deployed_site.run("secrets", "rotate", "runner_dind_config", "--timeout", "60")
+    assert result.exit_code == 1
+    assert "runner_dind_config is registered" in result.output
+    assert "bidsflux runners register --only gitlab-runner-dind" in result.output
+    minted = deployed_site.run("secrets", "rotate", "dicom_bot_gitlab_token", "--timeout", "60")
+    assert minted.exit_code == 1 and "bidsflux gitlab tokens rotate dicom_bot" in minted.output
+    assert _ours(docker_client, stack, "runner_dind_config") == before
+
+
+@pytest.fixture
 def probe_proxy(deployed_site: SiteUnderTest, docker_client: Any) -> Any:
     """127.0.0.1:PORT forwards each connection to the runner's tasks over the overlay network
     (this kernel has no IPVS, so no routing mesh: a proxy on the attachable network stands in
@@ -58,7 +89,8 @@ def probe_proxy(deployed_site: SiteUnderTest, docker_client: Any) -> Any:
         container.remove(force=True)
 
 
-def test_rotation_under_probe_has_no_failures(deployed_site: SiteUnderTest, docker_client: Any, probe_proxy: int) -> None:
+def test_rotation_under_probe_has_no_failures(deployed_site: SiteUnderTest, docker_client: Any, probe_proxy: int,
+                                             runner_configs_generated: None) -> None:
     stack = deployed_site.stack
     service = f"{stack}_gitlab-runner"
     before = _secret_refs(docker_client, service, "runner_processing_config")
@@ -113,7 +145,8 @@ def _rotate_killed_after(site: SiteUnderTest, logical: str, step: str) -> str:
 
 
 @pytest.mark.parametrize("step", ["created", "updating service", "service", "removed"])
-def test_rotation_killed_at_each_step_converges(deployed_site: SiteUnderTest, docker_client: Any, step: str) -> None:
+def test_rotation_killed_at_each_step_converges(deployed_site: SiteUnderTest, docker_client: Any, step: str,
+                                                runner_configs_generated: None) -> None:
     stack = deployed_site.stack
     logical = "runner_dind_config"
     service = f"{stack}_gitlab-runner-dind"

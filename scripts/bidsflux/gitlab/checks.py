@@ -27,7 +27,9 @@ def host_access(spec: dict[str, Any]) -> list[str]:
     found = []
     if d.get("privileged"):
         found.append("privileged job containers")
-    if any(str(v).split(":")[0] in (DOCKER_SOCKET, "/run/docker.sock") for v in d.get("volumes") or []):
+    mounts = [str(m).split(":")[0] for m in d.get("mounts") or []]
+    if "docker_socket" in mounts or any(str(v).split(":")[0] in (DOCKER_SOCKET, "/run/docker.sock")
+                                        for v in d.get("volumes") or []):
         found.append(f"the host's Docker socket ({DOCKER_SOCKET})")
     caps = sorted(set(d.get("cap_add") or []) & ESCALATING_CAPS)
     if caps:

@@ -89,6 +89,10 @@ def _store(gl: Any, s: Session) -> Any:
     from bidsflux.gitlab.tokens import TokenStore
 
     values_file = (s.site.get("secrets") or {}).get("file")
+    if values_file:
+        from bidsflux.swarm.secretstore import require_values_folder
+
+        require_values_folder(values_file)  # in CI: the host's values file, not the job container's
     if values_file and not os.access(os.path.dirname(values_file) or ".", os.W_OK):
         values_file = None  # not root / not the manager: docker secret and CI variable still receive it
     return TokenStore(gl, s.stack, values_file)
@@ -266,7 +270,7 @@ def register(main: click.Group) -> None:
         from bidsflux.site.yamlsource import load
 
         with session(site, root, url, token_env, use_root_token) as s:
-            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
+            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {}, s.site)
             template = load(s.repo.stack_template, s.repo.root).data or {}
             gl = connect(s.url, s.token, site=s.site)
             target = runner_url or site_url(s.site)
@@ -291,7 +295,7 @@ def register(main: click.Group) -> None:
         from bidsflux.site.yamlsource import load
 
         with session(site, root, url, token_env, use_root_token) as s:
-            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {})
+            specs = runner_specs(load(s.repo.runners_file, s.repo.root).data or {}, s.site)
             gl = connect(s.url, s.token, site=s.site)
             with gitlab_errors("listing runners", s.url, [s.token]):
                 rows = fleet_status(gl, specs)

@@ -176,7 +176,7 @@ def register_fleet(ctx: Any, gl: Any, url: str) -> FleetResult:
     from bidsflux.gitlab.runners import SecretSink, config_secrets, register, runner_specs
     from bidsflux.site.yamlsource import load
 
-    specs = runner_specs(load(ctx.repo.runners_file, ctx.repo.root).data or {})
+    specs = runner_specs(load(ctx.repo.runners_file, ctx.repo.root).data or {}, ctx.site)
     service_secrets = config_secrets(ctx.template.data or {})
     with gitlab_errors("listing runners", url):
         need, unknown = services_needing_registration(gl, specs, service_secrets, ctx.client, ctx.stack)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import tomli_w
@@ -48,13 +49,51 @@ class RunnerSpec:
         return RUNNER_TYPES[self.type]
 
 
-def runner_specs(runners_doc: Mapping[str, Any]) -> list[RunnerSpec]:
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:
+    """Docker volumes (host:container[:ro]) for the named host resources a runner's jobs get.
+
+    Host folders appear at the same path in the job, so the paths of site.yml hold inside jobs too:
+      docker_socket   the host's Docker API (only for the runner that deploys)
+      state           paths.state_dir and the folder of secrets.file (the values file)
+      mercure_config  Mercure's config folder (paths.mercure_base/config)
+    A `:ro` suffix mounts read-only."""
+    paths = site.get("paths") or {}
+    out: list[str] = []
+    for mount in mounts:
+        name, _, mode = mount.partition(":")
+        suffix = ":ro" if mode == "ro" else ""
+        if name == "docker_socket":
+            hosts = [DOCKER_SOCKET]
+        elif name == "state":
+            hosts = [str(paths["state_dir"]["path"])]
+            values_dir = str(PurePosixPath(str((site.get("secrets") or {}).get("file", ""))).parent)
+            if values_dir not in ("", ".") and not PurePosixPath(values_dir).is_relative_to(hosts[0]):
+                hosts.append(values_dir)
+        elif name == "mercure_config":
+            hosts = [str(PurePosixPath(str(paths["mercure_base"]["path"])) / "config")]
+        else:
+            raise UserError(f"unknown runner mount '{name}' in stack/runners.yml (use docker_socket, state or mercure_config)")
+        out += [f"{h}:{h}{suffix}" for h in hosts]
+    return out
+
+
+def runner_specs(runners_doc: Mapping[str, Any], site: Mapping[str, Any] | None = None) -> list[RunnerSpec]:
+    """Runners of runners.yml; with `site`, each runner's `mounts` become docker volumes."""
     out = []
     for name, r in (runners_doc.get("runners") or {}).items():
+        docker = dict(r.get("docker") or {})
+        mounts = list(docker.pop("mounts", None) or [])
+        if mounts:
+            if site is None:
+                raise UserError(f"runner {name} names mounts, which need site.yml to resolve")
+            docker["volumes"] = mount_volumes(mounts, site) + list(docker.get("volumes") or [])
         out.append(RunnerSpec(name=name, service=r["service"], tags=list(r.get("tags") or []),
                               run_untagged=bool(r.get("run_untagged", False)), locked=bool(r.get("locked", False)),
                               executor=r["executor"], concurrent=int(r.get("concurrent", 1)),
-                              docker=dict(r.get("docker") or {}), note=r.get("description", ""),
+                              docker=docker, note=r.get("description", ""),
                               type=str(r.get("type", "instance")), owner=r.get("owner"),
                               access_level=str(r.get("access_level", "not_protected")),
                               environment=list(r.get("environment") or [])))

@@ -73,6 +73,28 @@ def secret_catalog(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(template.get("x-bidsflux-secrets") or {})
 
 
+# Who makes a secret's value, and so which command renews it. Only `generated` values are made
+# by `secrets rotate`; the others come from GitLab or the operator and a random value would break
+# what uses them (a runner loses its registration, a bot its token).
+OWNERS = ("generated", "registered", "minted", "provided")
+_OWNER_OF_KIND = {"runner_config": "registered", "placeholder": "minted", "tls_ca_bundle": "provided"}
+DEFAULT_RENEW = {
+    "registered": "bidsflux runners register",
+    "minted": "bidsflux gitlab tokens rotate",
+    "provided": "bidsflux tls apply (or the command its rotation note names)",
+}
+
+
+def secret_owner(entry: Mapping[str, Any]) -> str:
+    """`owner:` of an x-bidsflux-secrets entry; without one, what its `generate` kind implies."""
+    return str(entry.get("owner") or _OWNER_OF_KIND.get(str(entry.get("generate")), "generated"))
+
+
+def secret_renewal(entry: Mapping[str, Any]) -> str:
+    """The command that renews a secret `secrets rotate` does not own."""
+    return str(entry.get("renew") or DEFAULT_RENEW.get(secret_owner(entry), "bidsflux secrets rotate"))
+
+
 def indexer_command(site: Mapping[str, Any]) -> str:
     """storescp's --exec-on-eostudy command as the stack file carries it ($ escaped for compose)."""
     return compose_escape(storescp_exec_command(site))

@@ -19,9 +19,38 @@ from rich.console import Console
 from rich.text import Text
 
 from bidsflux.diagnostics import UserError
-from bidsflux.site.render import secret_catalog
+from bidsflux.site.render import secret_catalog, secret_owner, secret_renewal
 from bidsflux.swarm.deploy import SwarmContext, wait_with_progress
-from bidsflux.swarm.secretstore import SecretVersion, create_secret, generate_value, our_secrets, write_values_file
+from bidsflux.swarm.secretstore import (
+    SecretVersion,
+    create_secret,
+    generate_value,
+    our_secrets,
+    require_values_folder,
+    write_values_file,
+)
+
+
+def choose(catalog: dict[str, dict[str, Any]], names: list[str], all_names: list[str] | None) -> tuple[list[str], list[str]]:
+    """The secrets a rotation may make anew, and a line per secret `--all` leaves to its owner.
+
+    Only generated secrets are rotated here. A registered runner config or a minted GitLab token
+    would be replaced by a random value its user cannot work with, so naming one is refused with
+    the command that renews it."""
+    if all_names is not None:
+        chosen = [n for n in all_names if secret_owner(catalog.get(n, {})) == "generated"]
+        skipped = [f"skipped {n} ({secret_owner(catalog[n])}): renew it with `{secret_renewal(catalog[n])}`"
+                   for n in all_names if n in catalog and n not in chosen]
+        return chosen, skipped
+    unknown = [n for n in names if n not in catalog]
+    if unknown:
+        raise UserError(f"unknown secret(s) {', '.join(unknown)}; known: {', '.join(sorted(catalog))}")
+    foreign = [n for n in names if secret_owner(catalog[n]) != "generated"]
+    if foreign:
+        raise UserError("; ".join(f"{n} is {secret_owner(catalog[n])}, not generated: `secrets rotate` would replace it "
+                                  f"with a random value; renew it with `{secret_renewal(catalog[n])}`" for n in foreign)
+                        + "; nothing was changed")
+    return list(names), []
 
 
 @dataclass
@@ -86,6 +115,7 @@ def rotate_one(ctx: SwarmContext, logical: str, console: Console, timeout: float
     else:
         version = (newest.version if newest else 0) + 1
         value = generate_value(str(catalog[logical].get("generate", "password")))
+        require_values_folder(ctx.site["secrets"]["file"])
         write_values_file(ctx.site["secrets"]["file"], {logical: value})
         secret_id = create_secret(client, ctx.stack, logical, version, value)
         target = SecretVersion(f"{ctx.stack}_{logical}_v{version}", secret_id, logical, version, "", [])

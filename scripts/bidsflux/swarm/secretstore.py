@@ -326,3 +326,31 @@ def gc_candidates(versions: list[SecretVersion]) -> list[SecretVersion]:
     for v in versions:
         newest[v.logical] = max(newest.get(v.logical, 0), v.version)
     return [v for v in versions if v.version < newest[v.logical] and not v.used_by]
+
+
+def known_secret_values(site: dict | None, env: dict[str, str] | None = None) -> list[str]:  # type: ignore[type-arg]
+    """Every secret value this process can know (the values file when readable here, and the
+    environment's secret variables): what output, plans, notes and issues are scrubbed of."""
+    from bidsflux.redact import known_values
+
+    env = dict(os.environ if env is None else env)
+    stored: list[str] = []
+    path = ((site or {}).get("secrets") or {}).get("file")
+    if path:
+        try:
+            stored = list(read_values_file(path).values())
+        except (OSError, ValueError):
+            stored = []  # not on this host or not readable by this user: the environment still counts
+    return known_values(env, stored)
+
+
+def require_values_folder(path: str | os.PathLike[str]) -> None:
+    """In a CI job the values file must be the host's, mounted by the runner: a folder that does
+    not exist means the job would write into its own container, and the value would be lost."""
+    if os.environ.get("GITLAB_CI") != "true":
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise UserError(f"the values file's folder {folder} is not mounted into this job: new values would vanish "
+                        "with the job container. Run the job on the runner with `mounts: [state]` in "
+                        "stack/runners.yml (tag bidsflux-deploy); nothing was changed")
