@@ -73,3 +73,14 @@ def test_mounts_resolve_to_host_paths_at_the_same_place() -> None:
                                               "docker": {"image": "i", "mounts": ["state"], "volumes": ["/cache"]}}}}, SITE)
     assert spec.docker["volumes"] == ["/var/lib/bidsflux:/var/lib/bidsflux", "/etc/bidsflux:/etc/bidsflux", "/cache"]
     assert "mounts" not in spec.docker
+
+
+def test_gitlab_plan_shows_a_mirror_url_without_its_credentials() -> None:
+    from bidsflux.gitlab.objects import Desired, Observed, ProjectSpec, diff
+
+    want = Desired(projects=[ProjectSpec("ni-dataops/tools", "https://bot:glpat-0123456789abcdef@git.example/tools.git",
+                                         False, {}, {})])
+    plan = diff(want, Observed(groups={"ni-dataops": {"id": 1}}, projects={"ni-dataops/tools": None}))
+    shown = plan.to_json() + "\n".join(plan.lines())
+    assert "glpat-0123456789abcdef" not in shown and "bot:" not in shown
+    assert "https://****@git.example/tools.git" in shown

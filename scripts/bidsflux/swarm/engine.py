@@ -21,6 +21,10 @@ def stack_deploy(compose_text: str, stack: str, workdir: Path | None = None) -> 
 
     import sh
 
+    if not re.search(r"^version:", compose_text, re.M):
+        # Debian bookworm's docker CLI (docker.io 20.10, the one in the ops image) reads a stack
+        # file without `version` as Compose 1.0 and refuses it; newer CLIs ignore the key.
+        compose_text = 'version: "3.9"\n' + compose_text
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "bidsflux.stack.yml"
         path.write_text(compose_text, encoding="utf-8")
