@@ -32,6 +32,7 @@ class PipelineRepo:
 
     def __init__(self, path: Path, source: Path = REPO_ROOT) -> None:
         self.path = path
+        self._tags: dict[str, list[str]] | None = None
         origin = path.parent / "origin.git"
         copy_repository(path, PIPELINE_PARTS, source)
         self.git("init", "-q", "-b", "main")
@@ -68,14 +69,18 @@ class PipelineRepo:
         return next(j["when"] for j in self.listing(*variables) if j["name"] == job)
 
     def job_tags(self) -> dict[str, list[str]]:
-        """Each job's tags after includes and `extends` (gitlab-ci-local --preview)."""
+        """Each job's tags after includes and `extends` (gitlab-ci-local --preview), read once."""
         import yaml
+
+        if self._tags is not None:
+            return self._tags
 
         proc = subprocess.run([gitlab_ci_local(), "--preview"], cwd=self.path, capture_output=True, text=True,
                               timeout=120, env=_env())
         assert proc.returncode == 0, proc.stderr + proc.stdout
         doc = yaml.safe_load(proc.stdout[proc.stdout.index("---"):])
-        return {k: list(v.get("tags") or []) for k, v in doc.items() if isinstance(v, dict) and "script" in v}
+        self._tags = {k: list(v.get("tags") or []) for k, v in doc.items() if isinstance(v, dict) and "script" in v}
+        return self._tags
 
     def run(self, job: str, variables: dict[str, str], image: str, helper: str, volumes: list[str],
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -84,7 +89,9 @@ class PipelineRepo:
         The job container shares the host's network so that it reaches the GitLab emulator on
         127.0.0.1 (a site's runner reaches GitLab by its host name); GITLAB_CI is true as on a runner."""
         args = [gitlab_ci_local(), "--helper-image", helper, "--pull-policy", "if-not-present", "--network", "host",
-                "--no-artifacts-to-source", "--ignore-predefined-vars", PREDEFINED_OVERRIDES]
+                "--no-artifacts-to-source", "--ignore-predefined-vars", PREDEFINED_OVERRIDES,
+                # The CI schema is checked by `bidsflux validate` and test_gitlab_ci.py; not per job.
+                "--no-json-schema-validation"]
         for v in volumes:
             args += ["--volume", v]
         for k, v in {"GITLAB_CI": "true", "BIDSFLUX_OPS_IMAGE": image, **variables}.items():
