@@ -220,7 +220,9 @@ def register(main: click.Group) -> None:
         catalog = secret_catalog(ctx.template.data)
         if all_ == bool(names):
             raise UserError(f"name the secrets to rotate or pass --all (secrets: {', '.join(sorted(catalog))})")
-        chosen, skipped = choose(catalog, list(names), sorted(ctx.rendered.secrets) if all_ else None)
+        # --all: what the stack uses, and what is kept for users outside it (`always`).
+        every = sorted(set(ctx.rendered.secrets) | {n for n, e in catalog.items() if e.get("always")})
+        chosen, skipped = choose(catalog, list(names), every if all_ else None)
         for line in skipped:
             _console(fmt).print(line, highlight=False, markup=False)
         users = {v.logical: sorted(v.used_by) for v in our_secrets(ctx.client, ctx.stack) if v.used_by}
