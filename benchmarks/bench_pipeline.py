@@ -9,6 +9,7 @@ the observe runner's volumes, a bootstrapped test stack and the GitLab emulator.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,14 +75,29 @@ def merge_request_jobs(client: object) -> None:
                          "CI_COMMIT_BRANCH": "change"}
             tags = repo.job_tags()
             total = 0.0
+            # The plan runner's read-only Docker API: the shipped HAProxy config on a socket of our own.
+            sock = Path(tmp) / "docker-ro.sock"
+            cfg = Path(tmp) / "haproxy.cfg"
+            cfg.write_text((ROOT / "stack" / "docker-readonly.haproxy.cfg").read_text()
+                           .replace("unix@/run/bidsflux-docker-ro/docker.sock", f"unix@{sock}"))
+            proxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not sock.exists():
+                time.sleep(0.05)
+            reader = emu.create_user("reader")
+            variables.update(BIDSFLUX_GITLAB_TOKEN="", BIDSFLUX_GITLAB_READ_TOKEN=emu.create_token(reader["username"], ["read_api"]),
+                             BIDSFLUX_GITLAB_NOTE_TOKEN=emu.admin_token)
             for job in ("validate", "plan"):
+                volumes = [v.replace("/run/bidsflux-docker-ro/docker.sock", str(sock))
+                           for v in runner_volumes(repo.path, tags[job])]
                 t = time.monotonic()
-                result = repo.run(job, variables, ops, helper, runner_volumes(repo.path, tags[job]))
+                result = repo.run(job, variables, ops, helper, volumes)
                 took = time.monotonic() - t
                 total += took
                 assert re.search(rf"PASS\s+{job}\b", result.stdout), result.stdout[-3000:]
                 print(f"merge-request job {job}: {took:.1f} s (docker executor, ops image)")
             print(f"merge-request pipeline jobs (validate + plan, run one after the other): {total:.1f} s")
+            proxy.terminate()
+            proxy.wait(10)
         finally:
             swarm_site.remove_stack(client, site.stack, site.network)
             swarm_site.restore_node_labels(client, before)

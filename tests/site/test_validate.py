@@ -60,10 +60,10 @@ def test_port_collision_is_rejected(repo_copy: Path) -> None:
 
 
 def test_ci_job_tag_no_runner_offers(repo_copy: Path) -> None:
-    edit(repo_copy, "ci-templates/bidsflux-ops.yml", "  tags: [bidsflux-observe]", "  tags: [bidsflux-observe, gpu]")
+    edit(repo_copy, "ci-templates/bidsflux-ops.yml", "  tags: [dind, swarm-manager]", "  tags: [dind, gpu]")
     found = problems(repo_copy)
     assert [(p["file"], p["key"]) for p in found] == [("ci-templates/bidsflux-ops.yml", ".bidsflux-ops.tags")]
-    assert "no runner in stack/runners.yml offers all of bidsflux-observe, gpu" in found[0]["message"]
+    assert "no runner in stack/runners.yml offers all of dind, gpu" in found[0]["message"]
 
 
 def test_gitlab_ci_schema_is_enforced(repo_copy: Path) -> None:
