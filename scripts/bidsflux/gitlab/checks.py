@@ -70,7 +70,9 @@ def check_runners_file(runners: Document, site: Document, template: Document | N
                                           "project of stack/gitlab.yml"))
         if rtype == "instance" and spec.get("owner"):
             out.append(runners.diagnostic([*key, "owner"], "an instance runner has no owner"))
-        socket = any(str(v).split(":")[0] == DOCKER_SOCKET for v in (spec.get("docker") or {}).get("volumes") or [])
+        d = spec.get("docker") or {}
+        socket = "docker_socket" in [str(m).split(":")[0] for m in d.get("mounts") or []] or any(
+            str(v).split(":")[0] == DOCKER_SOCKET for v in d.get("volumes") or [])
         if socket and not (rtype == "project" and spec.get("locked") and spec.get("access_level") == "ref_protected"):
             out.append(runners.diagnostic(key, "a runner with the host's Docker socket deploys: it must be a project "
                                           "runner, locked: true, access_level: ref_protected (protected refs only)"))
