@@ -239,14 +239,14 @@ def test_merge_request_plan_and_drift_never_show_a_secret_env_value(
     saved = template.read_text()
     anchor = '      GIT_SSH_PORT: "{{ ports.gitlab_ssh | string }}"\n'
     assert anchor in saved
-    template.write_text(saved.replace(anchor, anchor + f'      LEAKY_S3_SECRET: "{secret}"\n'))
+    template.write_text(saved.replace(anchor, anchor + f'      INDEXER_EXTRA_OPTIONS: "{secret}"\n'))
     try:
         second = run_job(repo, "plan", variables, job_images, readonly_socket)
         assert passed(second, "plan"), second.stdout[-4000:]
         notes = [n for n in mr.notes.list(get_all=True) if PLAN_MARKER in n.body]
         assert len(notes) == 1 and "**swarm**: 1 change(s)" in notes[0].body, notes[0].body
         change = json.loads((repo.artifacts("plan") / "plan-swarm.json").read_text())["changes"][0]
-        assert change["fields"]["env"]["desired"] == {"LEAKY_S3_SECRET": "added"}
+        assert change["fields"]["env"]["desired"] == {"INDEXER_EXTRA_OPTIONS": "added"}
         # The same difference live: deployed by hand, then the scheduled drift job reports it.
         deployed = site.run("deploy", "--timeout", "120")
         template.write_text(saved)
