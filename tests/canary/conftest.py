@@ -138,7 +138,9 @@ class World:
         command = [c.replace("$$", "$") for c in svc["command"]]  # what docker stack deploy passes
         secrets = self.tmp / f"secrets-{uuid.uuid4().hex[:6]}"
         secrets.mkdir()
-        values = {"dicom_bot_gitlab_token": self.token, "s3_id": self.s3_keys[0], "s3_secret": s3_secret or self.s3_keys[1]}
+        values = {"dicom_bot_gitlab_token": self.token, "s3_id": self.s3_keys[0], "s3_secret": s3_secret or self.s3_keys[1],
+                  # The site CA the TLS proxy work hands every client (stack secret tls_ca_bundle).
+                  "tls_ca_bundle": (self.bundle.parent / "ca.crt").read_text()}
         volumes = {str(self.bundle): {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"},
                    str(secrets / "incoming"): {"bind": "/data/incoming", "mode": "rw"}}
         (secrets / "incoming").mkdir()
