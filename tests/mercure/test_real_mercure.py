@@ -140,7 +140,7 @@ def mercure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         ("  postgres: postgres:16-alpine", f"  postgres: {images.postgres}"),
         ("  redis: redis:7-alpine", f"  redis: {images.redis}"),
         # The repository's indexer module runs the recorder instead of the real indexer.
-        ("  dicom_indexer: registry.localhost:5050/ni-dataops/containers/dicom_indexer:0.1.0", f"  dicom_indexer: {images.module}"),
+        ("  dicom_indexer: registry.localhost/ni-dataops/containers/dicom_indexer:0.1.0", f"  dicom_indexer: {images.module}"),
     ]:
         edit(site, old, new)
     # Series complete after 3 s instead of 60 so that a study is routed within the test.

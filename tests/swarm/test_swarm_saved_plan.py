@@ -21,7 +21,7 @@ def test_deploy_of_a_saved_plan_refuses_when_files_or_the_swarm_moved(fresh_site
 
     # The site file changed after the review: the saved plan is no longer what would be applied.
     before = site.site_file.read_text()
-    site.edit(lambda d: d["ports"].__setitem__("dicom", d["ports"]["dicom"] + 1))
+    site.edit(_move_dicom_port)
     refused = site.run("deploy", "--plan", str(saved), "--yes")
     assert refused.exit_code == 1 and "render a different stack file" in refused.output, refused.output
     assert not docker_client.networks.list(names=[site.network]), "a refused deploy created the network"
@@ -58,3 +58,11 @@ def test_json_results_of_secrets_list_and_deploy(deployed_site: Any) -> None:
     assert json.loads(deployed.stdout) == {"stack": site.stack, "result": "no change",
                                            "plan": {"stack": site.stack, "changes": [], "warnings": [],
                                                     "summary": {"create": 0, "update": 0, "remove": 0}}}
+
+
+def _move_dicom_port(d: Any) -> None:
+    """ports.dicom to a port no other key of ports uses (the site's ports are random free ports)."""
+    used, port = set(d["ports"].values()), d["ports"]["dicom"] + 1
+    while port in used:
+        port += 1
+    d["ports"]["dicom"] = port
