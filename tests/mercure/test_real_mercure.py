@@ -210,7 +210,9 @@ def test_up_starts_every_service_and_health_sees_each(mercure: Running) -> None:
 
     def health() -> dict[str, Any]:
         # A generous timeout: the machine running the tests may be loaded (the check's own is 15 s).
-        result = cli("health", "--site", str(site), "--format", "json", "--check", "dicom", "--timeout", "60")
+        # Mercure's UI as it publishes it (ports.mercure_web): this test runs no TLS proxy in front.
+        result = cli("health", "--site", str(site), "--format", "json", "--check", "dicom", "--timeout", "60",
+                     "--endpoint", f"mercure_web=http://127.0.0.1:{m.web_port}")
         return next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "dicom")
 
     ok = health()
