@@ -117,3 +117,20 @@ def test_without_a_backup_section_the_message_says_what_to_add(backup_site: Back
     result = cli("backup", "--root", str(backup_site.root))
     assert result.exit_code == 1
     assert "no `backup:` section" in result.output
+
+
+def test_rclone_trusts_the_site_ca_beside_the_system_roots(tmp_path: Path) -> None:
+    """--ca-cert replaces rclone's roots: the site CA is added to the system bundle, never alone."""
+    from bidsflux.backup import rclone
+
+    site_ca = tmp_path / "site-ca.crt"
+    site_ca.write_text("-----BEGIN CERTIFICATE-----\nSITE\n-----END CERTIFICATE-----\n")
+    system = tmp_path / "system.crt"
+    system.write_text("-----BEGIN CERTIFICATE-----\nPUBLIC\n-----END CERTIFICATE-----\n")
+    env = {"AWS_CA_BUNDLE": str(system), "BIDSFLUX_SITE_CA": str(site_ca)}
+    combined = rclone.trust(env, tmp_path)
+    assert combined is not None and "AWS_CA_BUNDLE" not in env and "BIDSFLUX_SITE_CA" not in env
+    text = Path(combined).read_text()
+    assert "SITE" in text and "PUBLIC" in text
+    assert rclone.trust({"AWS_CA_BUNDLE": str(system)}, tmp_path) == str(system)
+    assert rclone.trust({}, tmp_path) is None

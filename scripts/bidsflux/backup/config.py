@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bidsflux.diagnostics import UserError
+from bidsflux.proxy.trust import ca_bundle_file
 from bidsflux.site.endpoints import https_url
 
 PARTS = ("values", "gitlab", "mercure", "s3")
@@ -56,6 +57,11 @@ class BackupConfig:
     s3_credentials: tuple[str, str]
     buckets: tuple[str, ...] = ()  # empty: every bucket the keys can list
     mercure_base: str = ""
+    ca_bundle: str | None = None  # the site CA (bidsflux tls): its https S3 is verified with it
+
+    def ca_env(self) -> dict[str, str]:
+        """For rclone.run: the site CA to add to the roots it verifies with."""
+        return {"BIDSFLUX_SITE_CA": self.ca_bundle} if self.ca_bundle else {}
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,4 +97,5 @@ def load(site: Mapping[str, Any]) -> BackupConfig:
         values_file=site["secrets"]["file"], s3_endpoint=endpoint,
         s3_credentials=(str(creds.get("access_key", "s3_id")), str(creds.get("secret_key", "s3_secret"))),
         buckets=tuple(source.get("buckets") or ()), mercure_base=site["paths"]["mercure_base"]["path"],
+        ca_bundle=ca_bundle_file(site),
     )

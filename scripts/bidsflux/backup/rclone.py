@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from bidsflux.diagnostics import UserError
 
@@ -26,18 +28,40 @@ def binary() -> str:
     return found
 
 
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def trust(env: dict[str, str], folder: Path) -> str | None:
+    """The CA file rclone verifies with (its --ca-cert), or None for Go's system roots.
+
+    rclone's S3 backend fails on AWS_CA_BUNDLE ("unsupported transport"), so that bundle goes
+    through --ca-cert instead; and --ca-cert replaces the system roots, so the site CA
+    (BIDSFLUX_SITE_CA: the site's own https S3) is added to the system bundle, not given alone
+    (a target with a public certificate must keep working)."""
+    aws = env.pop("AWS_CA_BUNDLE", None)
+    site_ca = env.pop("BIDSFLUX_SITE_CA", None)
+    if "RCLONE_CA_CERT" in env:
+        return None  # the caller chose
+    base = Path(aws) if aws else SYSTEM_BUNDLE
+    if not site_ca:
+        return aws
+    combined = folder / "ca-bundle.crt"
+    parts = [p.read_bytes() for p in (base, Path(site_ca)) if p.is_file()]
+    combined.write_bytes(b"\n".join(parts))
+    return str(combined)
+
+
 def run(args: list[str], env: Mapping[str, str], what: str, timeout: float = 24 * 3600) -> str:
     """Run rclone; its credentials are in `env` (never on the command line, which `ps` shows)."""
     full_env = {**os.environ, **env, "RCLONE_CONFIG": "/dev/null"}
-    # rclone's S3 backend fails on AWS_CA_BUNDLE ("unsupported transport"); the same trust goes through
-    # its own --ca-cert (a site CA for an https target keeps working).
-    bundle = full_env.pop("AWS_CA_BUNDLE", None)
-    if bundle and "RCLONE_CA_CERT" not in full_env:
-        full_env["RCLONE_CA_CERT"] = bundle
-    try:
-        done = subprocess.run([binary(), *args], env=full_env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"{what}: rclone did not finish within {timeout:g}s") from None
+    with tempfile.TemporaryDirectory(prefix="bidsflux-rclone-") as tmp:
+        ca = trust(full_env, Path(tmp))
+        if ca:
+            full_env["RCLONE_CA_CERT"] = ca
+        try:
+            done = subprocess.run([binary(), *args], env=full_env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{what}: rclone did not finish within {timeout:g}s") from None
     if done.returncode != 0:
         tail = [line for line in done.stderr.splitlines() if line.strip()][-3:]
         raise UserError(f"{what} failed (rclone exit {done.returncode}): " + " | ".join(tail))

@@ -63,7 +63,7 @@ def source_env(cfg: BackupConfig, values: Mapping[str, str]) -> dict[str, str]:
     prefix = f"RCLONE_CONFIG_{SOURCE.upper()}_"
     return {prefix + "TYPE": "s3", prefix + "PROVIDER": "Other", prefix + "ENDPOINT": cfg.s3_endpoint,
             prefix + "ACCESS_KEY_ID": values[key], prefix + "SECRET_ACCESS_KEY": values[secret],
-            prefix + "FORCE_PATH_STYLE": "true"}
+            prefix + "FORCE_PATH_STYLE": "true", **cfg.ca_env()}
 
 
 def _encrypt_in_place(paths: list[Path], recipients: tuple[str, ...]) -> None:

@@ -42,7 +42,7 @@ class Target:
 
     def __init__(self, cfg: BackupConfig, values: Mapping[str, str]) -> None:
         self.cfg = cfg
-        self.env = cfg.target.rclone_env(REMOTE, values)
+        self.env = {**cfg.target.rclone_env(REMOTE, values), **cfg.ca_env()}
 
     def path(self, *parts: str) -> str:
         return self.cfg.target.remote(REMOTE, *parts)
