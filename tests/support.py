@@ -6,6 +6,7 @@ why; with BIDSFLUX_REQUIRE_INTEGRATION=1 (set by .ci/run) such a skip is a failu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import traceback
@@ -87,3 +88,31 @@ def local_names(names: list[str]) -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = original  # type: ignore[assignment]
+
+
+def edit_text(repo: Path, rel: str, old: str, new: str) -> None:
+    """Replace the first `old` in `repo/rel` by `new` (the test fails if `old` is not there)."""
+    path = repo / rel
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {rel}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def validate_problems(repo: Path) -> list[dict]:
+    """`bidsflux validate --format json` of `repo`: its problems; the exit code must agree."""
+    result = cli("validate", "--root", str(repo), "--format", "json")
+    data = json.loads(result.output)
+    assert result.exit_code == (1 if data else 0)
+    return data
+
+
+def edit_yaml(path: Path, fn: Any) -> Path:
+    """Apply `fn` to the round-trip YAML of `path` (comments and order kept) and write it back."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt")
+    data = yaml.load(path.read_text(encoding="utf-8"))
+    fn(data)
+    with path.open("w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
+    return path

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from seaweed import S3Server
-from support import require
+from support import edit_yaml, require
 
 
 def s3_client(server: S3Server) -> Any:
@@ -47,12 +45,7 @@ class BackupSite:
     stack: str
 
     def edit(self, fn: Callable[[Any], None]) -> None:
-        path = self.root / "stack" / "site.yml"
-        yaml = YAML(typ="rt")
-        data = yaml.load(path.read_text(encoding="utf-8"))
-        fn(data)
-        with path.open("w", encoding="utf-8") as fh:
-            yaml.dump(data, fh)
+        edit_yaml(self.root / "stack" / "site.yml", fn)
 
     def write_values(self) -> None:
         self.values_file.write_text("".join(f"{k}='{v}'\n" for k, v in self.values.items()), encoding="utf-8")

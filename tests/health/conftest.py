@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from seaweed import S3Server, free_port, start_weed, stop
-from support import dcmtk
+from support import dcmtk, edit_yaml
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -50,12 +49,7 @@ def site_copy(repo_copy: Path) -> Callable[[Callable[[Any], None]], Path]:
     path = repo_copy / "stack" / "site.yml"
 
     def edit(fn: Callable[[Any], None]) -> Path:
-        yaml = YAML(typ="rt")
-        data = yaml.load(path.read_text(encoding="utf-8"))
-        fn(data)
-        with path.open("w", encoding="utf-8") as fh:
-            yaml.dump(data, fh)
-        return path
+        return edit_yaml(path, fn)
 
     return edit
 

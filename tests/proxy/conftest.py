@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
+
+from support import edit_yaml
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
@@ -55,11 +56,6 @@ def site_file(repo_copy: Path) -> Callable[[Callable[[Any], None]], Path]:
     path = repo_copy / "stack" / "site.yml"
 
     def edit(fn: Callable[[Any], None]) -> Path:
-        yaml = YAML(typ="rt")
-        data = yaml.load(path.read_text(encoding="utf-8"))
-        fn(data)
-        with path.open("w", encoding="utf-8") as fh:
-            yaml.dump(data, fh)
-        return path
+        return edit_yaml(path, fn)
 
     return edit

@@ -11,21 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import REPO_ROOT, cli
+from support import REPO_ROOT, cli, edit_text, validate_problems
 
-
-def edit(repo: Path, rel: str, old: str, new: str) -> None:
-    path = repo / rel
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {rel}"
-    path.write_text(text.replace(old, new, 1))
-
-
-def problems(repo: Path) -> list[dict]:
-    result = cli("validate", "--root", str(repo), "--format", "json")
-    data = json.loads(result.output)
-    assert result.exit_code == (1 if data else 0)
-    return data
+edit, problems = edit_text, validate_problems
 
 
 def test_default_site_is_valid() -> None:

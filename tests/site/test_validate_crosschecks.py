@@ -3,24 +3,11 @@ says where and how to fix them: did-you-mean, quote the mode, the allowed patter
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from support import cli
+from support import edit_text, validate_problems
 
-
-def edit(repo: Path, rel: str, old: str, new: str) -> None:
-    path = repo / rel
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {rel}"
-    path.write_text(text.replace(old, new, 1))
-
-
-def problems(repo: Path) -> list[dict]:
-    result = cli("validate", "--root", str(repo), "--format", "json")
-    data = json.loads(result.output)
-    assert result.exit_code == (1 if data else 0)
-    return data
+edit, problems = edit_text, validate_problems
 
 
 def line_of(repo: Path, rel: str, needle: str) -> int:
