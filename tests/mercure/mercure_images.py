@@ -24,8 +24,11 @@ HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent / "images" / "mercure"
 REPO_ROOT = HERE.parent.parent
 BASE_IMAGE = os.environ.get("BIDSFLUX_TEST_BASE_IMAGE", "bidsflux-test/debian:bookworm")
-TARBALL = Path(os.environ.get("BIDSFLUX_MERCURE_TARBALL",
-                              REPO_ROOT.parent / "shared" / "upstream" / "mercure-0.4.1.tar.gz"))
+# Beside the checkout (../shared), else where this workplace keeps shared/ (a clone elsewhere).
+_TARBALL_PLACES = [REPO_ROOT.parent / "shared" / "upstream" / "mercure-0.4.1.tar.gz",
+                   Path("/work/shared/upstream/mercure-0.4.1.tar.gz")]
+TARBALL = Path(os.environ.get("BIDSFLUX_MERCURE_TARBALL")
+               or next((p for p in _TARBALL_PLACES if p.exists()), _TARBALL_PLACES[0]))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 COMPONENTS = ("ui", "bookkeeper", "receiver", "router", "processor", "dispatcher", "cleaner", "worker")
 PREFIX = "bidsflux-test/mercure-"
