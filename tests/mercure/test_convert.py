@@ -117,3 +117,18 @@ def test_repository_rules_convert_cleanly() -> None:
     site = load(repo.site_file, repo.root).data
     managed = mc.managed_config(site, load(repo.mercure_rules, repo.root))
     assert "dicom_indexer" in managed.modules
+
+
+def test_indexer_module_maps_gitlab_and_s3_to_the_node(repo: Path) -> None:
+    """Mercure 0.4.1 passes docker_arguments to docker-py's containers.run: the decoded mapping
+    becomes the container's ExtraHosts, which dockerd resolves for host-gateway."""
+    from docker.types import HostConfig
+
+    arguments = json.loads(render(repo)["modules"]["dicom_indexer"]["docker_arguments"])
+    assert arguments["extra_hosts"] == {"gitlab.localhost": "host-gateway", "s3.localhost": "host-gateway"}
+    host_config = HostConfig(version="1.41", extra_hosts=arguments["extra_hosts"])
+    assert host_config["ExtraHosts"] == ["gitlab.localhost:host-gateway", "s3.localhost:host-gateway"]
+    # The same names, mapped the same way, as the storescp swarm service.
+    from bidsflux.site.indexer import indexer_extra_hosts
+
+    assert arguments["extra_hosts"] == indexer_extra_hosts(load(repo / "stack/site.yml", repo).data)

@@ -51,3 +51,16 @@ def test_environment_changes_name_keys_never_values() -> None:
     changes = diff_service(desired_service("app", edited, dict(TOP)), live_view(dict(SERVICE, environment={"A": "1", "C": secret})))
     assert changes["env"] == {"live": ["A", "C"], "desired": {"A": "changed", "B": "added", "C": "removed"}}
     assert secret not in repr(changes) and "'1'" not in repr(changes)
+
+
+def test_added_extra_hosts_are_a_change_compared_in_swarmkit_form() -> None:
+    from bidsflux.swarm.plan import observed_service
+
+    edited = dict(SERVICE, extra_hosts=["gitlab.localhost:host-gateway", "s3.localhost:host-gateway"])
+    want = desired_service("app", edited, TOP)
+    assert diff_service(want, live_view(SERVICE)) == {
+        "hosts": {"live": [], "desired": ["host-gateway gitlab.localhost", "host-gateway s3.localhost"]}}
+    # What the engine holds after `docker stack deploy` (ContainerSpec.Hosts, "IP name").
+    spec = {"TaskTemplate": {"ContainerSpec": {"Image": "example/app:1.0",
+                                               "Hosts": ["host-gateway s3.localhost", "host-gateway gitlab.localhost"]}}}
+    assert observed_service(spec, "app", {})["hosts"] == want["hosts"]

@@ -218,6 +218,10 @@ def convert_module(name: str, spec: Mapping[str, Any], site: Mapping[str, Any], 
         # Mercure 0.4.1 passes docker_arguments to docker-py's containers.run, so `command` is
         # how the indexer gets its options and input folder; bidsflux alone writes this key.
         arguments["command"] = indexer_arguments(site)
+        # GitLab's HTTPS and SSH and S3 at the data node's address (site/indexer.py: "Reach"):
+        # docker-py's extra_hosts mapping, which the daemon resolves for host-gateway. Like
+        # `command`, Mercure strips it if MERCURE_FORBID_UNSAFE_DOCKER_ARGS is set.
+        arguments["extra_hosts"] = site_indexer.indexer_extra_hosts(site)
     volumes: dict[str, dict[str, str]] = {}
     for secret in spec.get("secrets") or []:
         volumes[f"{secrets_dir(site)}/{secret}"] = {"bind": f"{SECRETS_MOUNT}/{secret}", "mode": "ro"}

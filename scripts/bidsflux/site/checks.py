@@ -199,6 +199,33 @@ def _storage_remote_host_check(site: Document, out: list[Diagnostic]) -> None:
                                    f"another S3; write s3://{hosts['s3']}/..."))
 
 
+# What the indexer runs in for each dicom_endpoint.kind (storescp: the swarm service; mercure: the
+# module containers Mercure's processor starts on its own node).
+INDEXER_HOST_SERVICE = {"storescp": "dicom_endpoint", "mercure": "mercure"}
+# Services whose host-mode ports the indexer dials through host-gateway: proxy (ports.https)
+# and gitlab (ports.gitlab_ssh).
+INDEXER_PEERS = ("proxy", "gitlab")
+
+
+def _indexer_reach_check(site: Document, out: list[Diagnostic]) -> None:
+    """The indexer dials hosts.gitlab and hosts.s3 at its own node's address (host-gateway, see
+    site/indexer.py "Reach"): that node must be the one publishing the proxy's and GitLab's ports."""
+    data = site.data
+    endpoint = INDEXER_HOST_SERVICE.get(data["dicom_endpoint"]["kind"])
+    where = {svc: (role, i) for role, services in data["roles"].items() for i, svc in enumerate(services)}
+    if endpoint not in where:
+        return  # a service on no role: the placement check reports it
+    role, index = where[endpoint]
+    others = {svc: where[svc][0] for svc in INDEXER_PEERS if svc in where and where[svc][0] != role}
+    if others:
+        shown = ", ".join(f"{svc} is on role {r}" for svc, r in others.items())
+        out.append(site.diagnostic(
+            ["roles", role, index],
+            f"{endpoint} is on role {role} but {shown}: the indexer reaches GitLab (HTTPS and git over "
+            f"SSH) and S3 through its own node's address, where only the node of proxy and gitlab publishes "
+            f"ports.https and ports.gitlab_ssh; put {endpoint} on the role of proxy and gitlab"))
+
+
 def _mercure_receiver_port_check(site: Document, rules: Document, compose: Document | None,
                                  out: list[Diagnostic]) -> None:
     """rules.yml's receiver port is where Mercure listens inside its container; the compose file
@@ -392,6 +419,7 @@ def validate(repo: Repository, file_checks: Mapping[str, FileCheck] | None = Non
         _subnet_overlap_check(site, out)
         _advertise_addr_check(site, out)
         _storage_remote_host_check(site, out)
+        _indexer_reach_check(site, out)
         if "stack/mercure/rules.yml" in loaded.valid:
             compose = loaded.docs.get("stack/mercure/docker-compose.yml")
             _mercure_receiver_port_check(site, loaded.docs["stack/mercure/rules.yml"], compose, out)

@@ -7,7 +7,14 @@ Upstream (UNFmontreal/containers, docker/dicom_indexer; /work/notes/indexer-fact
 - `--gitlab-url` goes to python-gitlab as is and needs its scheme; the entrypoint itself calls
   `https://$CI_SERVER_HOST/api/v4`, so GitLab is reached over HTTPS on 443;
 - the S3 remote is made with `port=443 protocol=https host=<url host> bucket=<first path part>
-  fileprefix=<rest>/<StudyInstanceUID>/`: a port in the URL is ignored.
+  fileprefix=<rest>/<StudyInstanceUID>/`: a port in the URL is ignored;
+- git pushes go over SSH to $CI_SERVER_HOST on $GIT_SSH_PORT (`ssh-keyscan -p $GIT_SSH_PORT`).
+
+Reach: one public name serves both HTTPS (the TLS proxy) and SSH (GitLab's published port), so
+inside the overlay the proxy's network alias for hosts.gitlab cannot be used (the proxy has no SSH).
+The indexer's containers map the names it dials to Docker's `host-gateway` instead
+(`indexer_extra_hosts`): /etc/hosts comes before DNS, and on the data node both ports are
+published host-mode, so the node's own address reaches the proxy and GitLab's sshd alike.
 """
 
 from __future__ import annotations
@@ -35,6 +42,29 @@ SH_SEPARATOR = "${IFS}"
 
 def gitlab_url(site: Mapping[str, Any]) -> str:
     return f"https://{site['hosts']['gitlab']}"
+
+
+# Docker resolves this to the node's address (the default bridge's gateway unless dockerd sets
+# host-gateway-ip); moby/moby#40007, Docker 20.10. Swarm tasks take it in ContainerSpec.Hosts too.
+HOST_GATEWAY = "host-gateway"
+
+
+def indexer_hosts(site: Mapping[str, Any]) -> list[str]:
+    """The public names the indexer dials: GitLab (HTTPS API and SSH push) and its S3 remote's host
+    (hosts.s3 when storage_remote's host is a placeholder)."""
+    names = [site["hosts"]["gitlab"]]
+    try:
+        s3_host = urlsplit(site["indexer"]["storage_remote"]).hostname or ""
+    except ValueError:
+        s3_host = ""
+    if not s3_host or "{" in s3_host:
+        s3_host = site["hosts"]["s3"]
+    return names if s3_host in names else [*names, s3_host]
+
+
+def indexer_extra_hosts(site: Mapping[str, Any]) -> dict[str, str]:
+    """name -> host-gateway for each name the indexer dials (docker-py's `extra_hosts` form)."""
+    return {name: HOST_GATEWAY for name in indexer_hosts(site)}
 
 
 def indexer_arguments(site: Mapping[str, Any], study_input: str) -> list[str]:
@@ -124,6 +154,6 @@ def contract_problems(site: Mapping[str, Any]) -> list[tuple[list[Any], str]]:
 
 
 __all__ = [
-    "INDEXER_SCRIPT", "SECRET_FILES", "S3Location", "bucket_pattern", "compose_escape", "contract_problems",
-    "gitlab_url", "indexer_arguments", "indexer_environment", "s3_location", "storescp_exec_command",
+    "HOST_GATEWAY", "INDEXER_SCRIPT", "SECRET_FILES", "S3Location", "bucket_pattern", "compose_escape", "contract_problems",
+    "gitlab_url", "indexer_arguments", "indexer_environment", "indexer_extra_hosts", "indexer_hosts", "s3_location", "storescp_exec_command",
 ]

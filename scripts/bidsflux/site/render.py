@@ -18,7 +18,7 @@ import yaml
 
 from bidsflux.diagnostics import Diagnostic, UserError
 from bidsflux.site import endpoints
-from bidsflux.site.indexer import compose_escape, storescp_exec_command
+from bidsflux.site.indexer import compose_escape, indexer_extra_hosts, storescp_exec_command
 from bidsflux.site.sandbox import TEMPLATE_FAILURES, BoundedSandbox, describe, time_limit
 from bidsflux.site.yamlsource import Document
 
@@ -156,6 +156,8 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
         "node_trust_script": node_trust_script(site),
         "node_trust_parent": node_trust_parent(site),
         "proxy_extra_hosts": ["host.docker.internal:host-gateway"] if site["dicom_endpoint"]["kind"] == "mercure" else [],
+        # The names the indexer dials, on the node's address (see site/indexer.py: "Reach").
+        "indexer_extra_hosts": [f"{name}:{ip}" for name, ip in indexer_extra_hosts(site).items()],
         "node_trust_file": node_trust_folder(site) + "/ca.crt",
         "secret_name": secret_name,
     }

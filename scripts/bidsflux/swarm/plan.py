@@ -79,6 +79,17 @@ def _policy(values: Mapping[str, Any], durations: Iterable[str]) -> dict[str, An
 
 # ---------------------------------------------------------------- desired (from the stack file)
 
+
+def _extra_hosts(value: Any) -> list[str]:
+    """compose extra_hosts ("name:ip" list or name: ip mapping) in SwarmKit's ContainerSpec.Hosts
+    form, "ip name" (hosts(5)), as the docker CLI's convertExtraHosts writes it."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = [tuple(str(e).split(":", 1)) for e in value or [] if ":" in str(e)]  # type: ignore[misc]
+    return sorted(f"{ip} {name}" for name, ip in pairs)
+
+
 _POLICY_KEYS = ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order")
 
 
@@ -100,6 +111,7 @@ def desired_service(name: str, svc: Mapping[str, Any], top: Mapping[str, Any]) -
     out["env"] = {str(k): "" if v is None else str(v) for k, v in (env or {}).items()}
     if svc.get("hostname") is not None:
         out["hostname"] = svc["hostname"]
+    out["hosts"] = _extra_hosts(svc.get("extra_hosts"))
     top_secrets = top.get("secrets") or {}
     refs = []
     for s in svc.get("secrets") or []:
@@ -189,6 +201,7 @@ def observed_service(spec: Mapping[str, Any], short_name: str, network_names: Ma
     out["entrypoint"] = list(cs.get("Command") or [])
     out["env"] = dict(e.split("=", 1) if "=" in e else (e, "") for e in cs.get("Env") or [])
     out["hostname"] = cs.get("Hostname", "")
+    out["hosts"] = sorted(cs.get("Hosts") or [])
     out["secrets"] = sorted(
         _secret_ref(s.get("SecretName", ""), (s.get("File") or {}).get("Name", ""), int((s.get("File") or {}).get("Mode", 0o444)))
         for s in cs.get("Secrets") or []
