@@ -6,9 +6,11 @@ why; with BIDSFLUX_REQUIRE_INTEGRATION=1 (set by .ci/run) such a skip is a failu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_INTEGRATION = os.environ.get("BIDSFLUX_REQUIRE_INTEGRATION") == "1"
 # What a repository copy needs for validate/render.
 REPO_PARTS = ["stack", "schemas", "ci-templates", ".gitlab-ci.yml"]
+# tests/images/debian-base.sh builds it; test images take it as their BASE build argument.
+DEBIAN_BASE = "bidsflux-test/debian:bookworm"
 
 
 def copy_repository(dest: Path, parts: list[str] = REPO_PARTS, source: Path = REPO_ROOT) -> Path:
@@ -116,3 +120,19 @@ def edit_yaml(path: Path, fn: Any) -> Path:
     with path.open("w", encoding="utf-8") as fh:
         yaml.dump(data, fh)
     return path
+
+
+def build_folder_image(client: Any, name: str, folder: Path, base: str = DEBIAN_BASE) -> str:
+    """bidsflux-test/<name>:<hash of `folder` and the base image>: a second run builds nothing."""
+    require(any(t == base for i in client.images.list() for t in i.tags), f"{base} is missing (tests/images/debian-base.sh)")
+    h = hashlib.sha256(client.images.get(base).id.encode())
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    tag = f"bidsflux-test/{name}:{h.hexdigest()[:12]}"
+    try:
+        client.images.get(tag)
+    except Exception:  # noqa: BLE001 - not built yet
+        subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE={base}", "-t", tag, str(folder)],
+                       check=True, capture_output=True, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"})
+    return tag

@@ -8,7 +8,6 @@ on 127.0.0.1."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support import REPO_ROOT, copy_repository, dcmtk, require
+from support import REPO_ROOT, build_folder_image, copy_repository, dcmtk, require
 
 BASE_IMAGE = "bidsflux-test/debian:bookworm"
 VENV_BIN = REPO_ROOT / ".venv/bin"
@@ -45,18 +44,7 @@ def _docker() -> Any:
 
 def build_image(client: Any, name: str) -> str:
     """bidsflux-test/<name>:<hash of its folder and the base>: a second run builds nothing."""
-    folder = IMAGES[name]
-    h = hashlib.sha256(client.images.get(BASE_IMAGE).id.encode())
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    tag = f"bidsflux-test/{name}:{h.hexdigest()[:12]}"
-    try:
-        client.images.get(tag)
-    except Exception:  # noqa: BLE001 - not built yet
-        subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag, str(folder)],
-                       check=True, capture_output=True, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"})
-    return tag
+    return build_folder_image(client, name, IMAGES[name], BASE_IMAGE)
 
 
 def make_ca(folder: Path) -> Path:
