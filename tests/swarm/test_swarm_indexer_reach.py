@@ -11,6 +11,7 @@ and Python's HTTPS client with the rendered SSL_CERT_FILE."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,28 @@ def test_endpoint_task_reaches_gitlab_https_and_ssh_and_s3(tmp_path: Path, docke
         alias = task.exec_run(["python3", "-c", "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)",
                                "proxy", str(ssh)])
         assert alias.exit_code != 0
+
+        # The Mercure module: Mercure 0.4.1's processor starts it with docker-py's containers.run
+        # (network_mode None when network_enabled, cap_drop ALL, **docker_arguments), on the
+        # default bridge of the same node; the rendered docker_arguments carry the same names.
+        rendered_mercure = site.run("mercure", "render")
+        assert rendered_mercure.exit_code == 0, rendered_mercure.output
+        arguments = json.loads(json.loads(rendered_mercure.output)["modules"]["dicom_indexer"]["docker_arguments"])
+        arguments.pop("command")
+        env = {"CI_SERVER_HOST": GITLAB_HOST, "GIT_SSH_PORT": str(ssh), "SSL_CERT_FILE": ca_path}
+        probe = ('ssh-keyscan -T 5 -t ed25519 -p "$GIT_SSH_PORT" "$CI_SERVER_HOST" && '
+                 f'python3 -c \'{HTTPS_GET}\' {https} {GITLAB_HOST} {S3_HOST}')
+        module = docker_client.containers.run(
+            sshd_image, ["sh", "-c", probe], environment=env, network_mode=None, cap_drop=["ALL"],
+            volumes={str(folder / "ca.crt"): {"bind": ca_path, "mode": "ro"}}, labels={STACK_LABEL: site.stack},
+            detach=True, **arguments)
+        try:
+            assert module.wait(timeout=60)["StatusCode"] == 0, module.logs().decode()[-1500:]
+            out = module.logs(stderr=False).decode()
+            assert f"[{GITLAB_HOST}]:{ssh} ssh-ed25519 {host_key}" in out, out
+            assert f"{GITLAB_HOST} gitlab-https" in out and f"{S3_HOST} s3-https" in out, out
+        finally:
+            module.remove(force=True)
     finally:
         remove_stack(docker_client, site.stack, site.network)
 
