@@ -45,7 +45,11 @@ def gitlab_url(site: Mapping[str, Any]) -> str:
 
 
 # Docker resolves this to the node's address (the default bridge's gateway unless dockerd sets
-# host-gateway-ip); moby/moby#40007, Docker 20.10. Swarm tasks take it in ContainerSpec.Hosts too.
+# host-gateway-ip; moby/moby#40007, Docker 20.10). Swarm tasks get it too: the executor turns
+# ContainerSpec.Hosts ("IP name") into the container's ExtraHosts ("name:IP"; moby
+# daemon/cluster/executor/container/container.go hostConfig). A published port answers there from
+# a container: with the userland proxy, docker-proxy listens on the host (the DNAT rule skips the
+# bridge, `! -i <bridge>`); without it, hairpin NAT applies (libnetwork bridge port mapping).
 HOST_GATEWAY = "host-gateway"
 
 
