@@ -324,6 +324,9 @@ def _runner_checks(repo: Repository, runners: Document, template: Document | Non
             if not isinstance(tags, list):
                 continue
             wanted = {t for t in tags if isinstance(t, str) and "$" not in t}
+            opt_in = isinstance(spec.get("variables"), dict) and "BIDSFLUX_OPT_IN" in spec["variables"]
+            if job.startswith(".") and opt_in:
+                continue  # a template for a runner the site adds only when it opts in (its variable says which)
             if not wanted:
                 if not job.startswith(".") and not untagged and "tags" in spec:
                     out.append(doc.diagnostic([job, "tags"], "no runner in stack/runners.yml runs untagged jobs"))
