@@ -138,6 +138,27 @@ BOOL_SETTINGS = {"only_allow_merge_if_pipeline_succeeds", "only_allow_merge_if_a
                  "container_registry_enabled", "shared_runners_enabled", "mirror"}
 
 
+def _project_settings(p: dict[str, Any], c: Ctx) -> None:
+    """PROJECT_SETTINGS from the request, validated as app/models/project.rb does before saving."""
+    errors: dict[str, list[str]] = {}
+    if "ci_config_path" in c.params and c.params["ci_config_path"] is not None:
+        # app/models/project.rb: `def ci_config_path=(value)` deletes NUL bytes, then
+        # `validates :ci_config_path, format: { without: %r{(\.{2}|\A/)}, message: 'cannot include
+        # leading slash or directory traversal.' }, length: { maximum: 255 }, allow_blank: true`;
+        # lib/api/projects.rb answers an invalid project with render_validation_error! (400).
+        value = str(c.params["ci_config_path"]).replace("\0", "")
+        if re.search(r"(\.{2}|\A/)", value):
+            errors.setdefault("ci_config_path", []).append("cannot include leading slash or directory traversal.")
+        if len(value) > 255:
+            errors.setdefault("ci_config_path", []).append("is too long (maximum is 255 characters)")
+        c.params["ci_config_path"] = value
+    if errors:
+        raise HTTPError(400, {"message": errors})
+    for k in PROJECT_SETTINGS:
+        if k in c.params:
+            p[k] = as_bool(c.params[k]) if k in BOOL_SETTINGS else c.params[k]
+
+
 def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     assert c.user is not None
     if not c.params.get("name") and not c.params.get("path"):
@@ -178,9 +199,7 @@ def _create_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
         "issues_enabled": True, "merge_requests_enabled": True, "container_registry_enabled": True,
         "shared_runners_enabled": True, "creator_id": c.user["id"], "_members": {c.user["id"]: 50},
     }
-    for k in PROJECT_SETTINGS:
-        if k in c.params:
-            p[k] = as_bool(c.params[k]) if k in BOOL_SETTINGS else c.params[k]
+    _project_settings(p, c)
     gl.state.projects[pid] = p
     gl.state.protected[pid] = {}
     if import_url:
@@ -229,9 +248,7 @@ def _run_import(gl: GitLabEmulator, p: dict[str, Any], url: str) -> None:
 
 def _update_project(gl: GitLabEmulator, c: Ctx) -> dict[str, Any]:
     p = get_project(gl, c, c.args[0], level=40)
-    for k in PROJECT_SETTINGS:
-        if k in c.params:
-            p[k] = as_bool(c.params[k]) if k in BOOL_SETTINGS else c.params[k]
+    _project_settings(p, c)
     if "name" in c.params:
         p["name"] = str(c.params["name"])
     return _project_public(gl, p)

@@ -126,6 +126,8 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
         settings = {}
         if "only_allow_merge_if_pipeline_succeeds" in p:
             settings["only_allow_merge_if_pipeline_succeeds"] = bool(p["only_allow_merge_if_pipeline_succeeds"])
+        if "ci_config_path" in p:
+            settings["ci_config_path"] = str(p["ci_config_path"])
         out.projects.append(ProjectSpec(
             path=path, mirror_from=p.get("mirror_from"), self_hosted=bool(p.get("self", False)),
             protected_branches={b: {"push": ACCESS[v.get("push", "maintainer")], "merge": ACCESS[v.get("merge", "maintainer")]}
