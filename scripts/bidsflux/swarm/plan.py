@@ -196,7 +196,7 @@ def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
 def observed_service(spec: Mapping[str, Any], short_name: str, network_names: Mapping[str, str]) -> dict[str, Any]:
     tt = spec.get("TaskTemplate") or {}
     cs = tt.get("ContainerSpec") or {}
-    out: dict[str, Any] = {"image": strip_digest(cs.get("Image", ""))}
+    out: dict[str, Any] = {"image": cs.get("Image", "")}  # with its digest: a pinned image compares whole
     out["command"] = list(cs.get("Args") or [])
     out["entrypoint"] = list(cs.get("Command") or [])
     out["env"] = dict(e.split("=", 1) if "=" in e else (e, "") for e in cs.get("Env") or [])
@@ -365,6 +365,9 @@ def diff_service(want: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, 
         if value is None:
             continue
         current = live.get(key)
+        if key == "image" and "@" not in str(value):
+            # An image given by tag: the engine adds the digest it resolved; compare the tag only.
+            current = strip_digest(str(current or ""))
         if key == "env":
             # Values may be secrets: the plan names the keys that differ, never their values.
             if not _same(value, current if current is not None else {}):
