@@ -16,6 +16,7 @@ from bidsflux.console import EXIT_USAGE, group_options, verbosity
 from bidsflux.gitlab import cli as gitlab_cli
 from bidsflux.health import cli as health_cli
 from bidsflux.helptext import decorate
+from bidsflux.images import cli as images_cli
 from bidsflux.mercure import cli as mercure_cli
 from bidsflux.proxy import cli as proxy_cli
 from bidsflux.s3 import cli as s3_cli
@@ -83,7 +84,7 @@ def main() -> None:
 
 
 # Each domain registers its own commands; `bidsflux --help` lists them in this order.
-for _module in (site_cli, swarm_cli, doctor_cli, proxy_cli, gitlab_cli, s3_cli, mercure_cli, health_cli, canary_cli, backup_cli, ci_cli):
+for _module in (site_cli, swarm_cli, doctor_cli, proxy_cli, gitlab_cli, images_cli, s3_cli, mercure_cli, health_cli, canary_cli, backup_cli, ci_cli):
     _module.register(main)
 decorate(main)
 

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, list[str]] = {
     "gitlab tokens rotate": ["bidsflux gitlab tokens rotate dicom_bot"],
     "runners register": ["bidsflux runners register --only gitlab-runner-dind"],
     "runners list": ["bidsflux runners list --format json"],
+    "images pin": ["bidsflux images pin --tag 3f2c9e1d...   # the commit the containers pipeline built"],
     "mercure render": ["bidsflux mercure render > mercure.json"],
     "mercure plan": ["bidsflux mercure plan --config-dir /srv/bidsflux/mercure/config"],
     "mercure push": ["bidsflux mercure push --lock-timeout 30"],
