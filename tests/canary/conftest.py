@@ -3,7 +3,9 @@ dicom_indexer stand-in image (tests/dicom_indexer/image), started with the comma
 secret files the stack template renders; the GitLab emulator behind Caddy (HTTPS) with OpenSSH +
 git-shell for pushes (tests/gitlab_emulator/sshd); SeaweedFS's S3 behind the same Caddy. The
 containers share a Docker network the test makes; only their DICOM and S3 ports are published,
-on 127.0.0.1."""
+on 127.0.0.1. That one "site box" plays the data node (HTTPS and SSH on one address): the endpoint
+finds it only through the rendered extra_hosts, not through a network alias (tests/swarm/
+test_swarm_indexer_reach.py shows host-gateway reaching the real proxy and sshd on a node)."""
 
 from __future__ import annotations
 
@@ -108,6 +110,7 @@ class World:
     s3_url: str
     tmp: Path
     endpoint_containers: list[Any]
+    node_ip: str  # where the site box answers: the data node's address in this test
 
     def env(self, dicom_port: int, s3_secret: str | None = None) -> dict[str, str]:
         return {"BIDSFLUX_ENDPOINT_GITLAB": self.emulator.url, "BIDSFLUX_ENDPOINT_S3": self.s3_url,
@@ -136,9 +139,15 @@ class World:
             (secrets / ref["source"]).write_text(values[ref["source"]])
             volumes[str(secrets / ref["source"])] = {"bind": f"/run/secrets/{ref['target']}", "mode": "ro"}
         port = int(svc["ports"][0]["target"])
+        # The rendered extra_hosts: every name the indexer dials at the node's address
+        # (host-gateway). Here the site box is that node: it serves HTTPS and SSH on one address,
+        # and it carries no network alias, so a name missing from extra_hosts fails the canary.
+        mapped = dict(entry.split(":", 1) for entry in svc["extra_hosts"])
+        assert set(mapped.values()) == {"host-gateway"}, mapped
         container = self.client.containers.run(
             self.indexer_image, command, detach=True, name=f"bfx-dp-endpoint-{uuid.uuid4().hex[:8]}",
             environment=svc["environment"], volumes=volumes, network=self.network,
+            extra_hosts={name: self.node_ip for name in mapped},
             ports={f"{port}/tcp": ("127.0.0.1", None)})
         self.endpoint_containers.append(container)
         container.reload()
@@ -213,12 +222,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             volumes={str(sock): {"bind": "/sock", "mode": "rw"}, str(certs): {"bind": "/certs", "mode": "ro"},
                      str(emulator.git_root): {"bind": str(emulator.git_root), "mode": "rw"},
                      weed: {"bind": "/usr/local/bin/weed", "mode": "ro"}, caddy: {"bind": "/usr/local/bin/caddy", "mode": "ro"}},
-            ports={"8333/tcp": ("127.0.0.1", None)}, network=network,
-            networking_config={network: client.api.create_endpoint_config(aliases=[GITLAB_HOST, S3_HOST])})
+            ports={"8333/tcp": ("127.0.0.1", None)}, network=network)
         containers.append(site_box)
         site_box.start()
         site_box.reload()
         s3_url = f"http://127.0.0.1:{site_box.ports['8333/tcp'][0]['HostPort']}"
+        node_ip = site_box.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -232,7 +241,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=s3_keys[0], aws_secret_access_key=s3_keys[1],
                      region_name="us-east-1").create_bucket(Bucket="dicoms")
         yield World(client, emulator, network, _site_repo(tmp / "repo"), images["dicom-indexer"], bundle, token,
-                    s3_keys, s3_url, tmp, endpoints)
+                    s3_keys, s3_url, tmp, endpoints, node_ip)
     finally:
         for c in [*endpoints, *containers]:
             try:
