@@ -13,12 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from gcl import GIT, PREDEFINED_OVERRIDES, gitlab_ci_local
 from ops_image import build_helper_image, ensure_base
 
 from support import REPO_ROOT, cli, require
+from tls_registry import USER, TlsRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +42,6 @@ RUN ["/bin/busybox", "sh", "-c", "/bin/busybox --install -s /bin && echo indexer
 COPY entrypoint.sh /entrypoint.sh
 ENTRYPOINT ["sh", "/entrypoint.sh"]
 """
-USER = "ci-build"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def buildah_image(client: Any) -> str:
     """Debian bookworm + buildah (1.28), tagged by the hash of its inputs: built once per machine."""
     base = ensure_base(client)
@@ -67,63 +56,6 @@ def buildah_image(client: Any) -> str:
         (Path(tmp) / "Dockerfile").write_text(BUILDAH_DOCKERFILE)
         client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, buildargs={"BASE_IMAGE": base})
     return tag
-
-
-def _htpasswd(user: str, password: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"  # bcrypt: what distribution accepts
-
-
-class TlsRegistry:
-    """docker-registry on 127.0.0.1:<port> with a certificate from a test CA and htpasswd auth."""
-
-    def __init__(self, folder: Path) -> None:
-        from bidsflux.proxy.certs import issue, make_ca
-
-        binary = shutil.which("docker-registry")
-        require(binary is not None, "docker-registry is not installed (apt-get install docker-registry)")
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.password = uuid.uuid4().hex
-        ca, ca_key = make_ca("bidsflux test registry CA", 2)
-        cert, key = issue(ca, ca_key, ["127.0.0.1"], 2)
-        self.ca_file = folder / "ca" / "ca.crt"
-        self.ca_file.parent.mkdir()
-        self.ca_file.write_text(ca)
-        (folder / "tls.crt").write_text(cert)
-        (folder / "tls.key").write_text(key)
-        (folder / "htpasswd").write_text(_htpasswd(USER, self.password))
-        (folder / "registry.yml").write_text(yaml.safe_dump({
-            "version": 0.1, "log": {"level": "warn"},
-            "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-            "http": {"addr": self.address, "secret": uuid.uuid4().hex,
-                     "tls": {"certificate": str(folder / "tls.crt"), "key": str(folder / "tls.key")}},
-            "auth": {"htpasswd": {"realm": "bidsflux-test", "path": str(folder / "htpasswd")}}}))
-        self.log = folder / "registry.log"
-        self.proc = subprocess.Popen([binary, "serve", str(folder / "registry.yml")], stdout=self.log.open("wb"),
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"docker-registry did not start: {self.log.read_text()[-1000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,12 @@ class RequestHandler(BaseHTTPRequestHandler):
                             "WWW-Authenticate": 'Bearer realm="http://127.0.0.1/jwt/auth",service="container_registry"'})
             else:
                 self._send(503, "registry unavailable")
+        elif raw_path == "/jwt/auth":
+            from .registry_auth import jwt_auth
+
+            with gl.lock:
+                status, body = jwt_auth(gl, self.headers.get("Authorization"), query)
+            self._send(status, body, {"WWW-Authenticate": 'Basic realm="GitLab"'} if status == 401 else None)
         elif ".git/" in raw_path or raw_path.endswith(".git"):
             self._git(method, raw_path, split.query)
         else:

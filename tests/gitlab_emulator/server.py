@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from . import ci, issues, keys, members, projects, runners, settings, users
+from . import ci, issues, keys, members, pipelines, projects, runners, settings, users
 from .handler import RequestHandler
 from .model import Ctx, Handler, HTTPError, Request, Runner, State, Token, iso, member_level, now
 
 # Each route module contributes `routes(gl)`; a new endpoint family is a new module listed here.
-ROUTE_MODULES = [users, projects, ci, runners, issues, keys, settings, members]
+ROUTE_MODULES = [users, projects, ci, pipelines, runners, issues, keys, settings, members]
 
 
 class GitLabEmulator:
@@ -41,7 +41,9 @@ class GitLabEmulator:
     `only_allow_merge_if_pipeline_succeeds`...), protected branches, instance CI variables
     (`/admin/ci/variables`, masked/protected/raw), pipeline schedules and their variables,
     runners (`POST /user/runners`, `GET /runners`, `/runners/all`, `GET|PUT|DELETE /runners/:id`,
-    `POST /runners/verify`), project issues, merge requests and their notes. Outside the API:
+    `POST /runners/verify`), project issues, merge requests and their notes, a branch
+    (`GET /projects/:id/repository/branches/:name`), pipelines (`POST /projects/:id/pipeline`
+    checking the CI configuration `ci_config_path` names, `GET /projects/:id/pipelines[/:id]`). Outside the API:
     `/-/health`, `/-/liveness`, `/-/readiness[?all=1]`, the registry ping `/v2/`, and git smart
     HTTP (`git clone/push http://127.0.0.1:<port>/<group>/<project>.git`, password = a token).
 
@@ -57,6 +59,7 @@ class GitLabEmulator:
       set_runner_online(runner_id, online=True) ; set_runner_token_expiry(runner_id, datetime)
       runner_by_token(glrt) -> Runner | None
       set_health(ready=True, live=True, registry=True, failing_checks=())
+      set_pipeline_status(pipeline_id, status)   what a runner's job updates would do
       fail_requests(pattern, status=500, times=1)   the next matching API requests answer `status`
       stop()   shut the server down (an unreachable GitLab); start() again on a new port
     Git repositories live in `git_root` (a temp folder removed by stop())."""
@@ -227,6 +230,22 @@ class GitLabEmulator:
                    failing_checks: tuple[str, ...] = ()) -> None:
         with self.lock:
             self.health = {"ready": ready, "live": live, "registry": registry, "failing": set(failing_checks)}
+
+    def registry_signing_key(self) -> Any:
+        """The key /jwt/auth signs registry tokens with; its certificate (`.cert_pem`) is what a
+        registry configured with `auth: token` must trust (`rootcertbundle`)."""
+        from .registry_auth import SigningKey
+
+        with self.lock:
+            if getattr(self, "_registry_key", None) is None:
+                self._registry_key = SigningKey()
+            return self._registry_key
+
+    def set_pipeline_status(self, pipeline_id: int, status: str) -> None:
+        """What a runner's job updates do to a pipeline (the emulator runs no jobs)."""
+        with self.lock:
+            self.state.pipelines[pipeline_id]["status"] = status
+            self.state.pipelines[pipeline_id]["updated_at"] = iso(now())
 
     def repo_dir(self, project: dict[str, Any]) -> Path:
         return self.git_root / f"{project['id']}.git"
