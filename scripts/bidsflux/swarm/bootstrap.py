@@ -98,6 +98,63 @@ def gitlab_day_zero(ctx: SwarmContext, console: Console, timeout: float | None =
     module.run(ctx, console, timeout)
 
 
+def held_services(ctx: SwarmContext) -> set[str]:
+    """DICOM endpoint services this bootstrap starts only after their site-built image is pinned."""
+    from bidsflux.images.dayzero import held_services as held
+    from bidsflux.site.yamlsource import load
+
+    live = {s["Spec"]["Name"].removeprefix(f"{ctx.stack}_") for s in _stack_services(ctx)}
+    return held(ctx.site, load(ctx.repo.gitlab_file, ctx.repo.root).data or {}, live)
+
+
+def _stack_services(ctx: SwarmContext) -> list[dict[str, Any]]:
+    from docker.errors import APIError
+
+    try:
+        return list(ctx.client.api.services(filters={"label": f"com.docker.stack.namespace={ctx.stack}"}))
+    except APIError:
+        return []  # no swarm yet
+
+
+def hold(ctx: SwarmContext, held: set[str]) -> None:
+    """Leave `held` out of the rendered stack (and so out of this deploy's plan)."""
+    for name in held:
+        (ctx.rendered.data.get("services") or {}).pop(name, None)
+
+
+def image_day_zero(ctx_factory: Callable[[], SwarmContext], held: set[str], timeout: float, console: Console) -> int:
+    """After GitLab's day zero: build (if needed) and pin the endpoint's image, then deploy what was held."""
+    from bidsflux.images.dayzero import run as run_images
+
+    ctx = ctx_factory()
+    result = run_images(ctx, console)
+    if result.skipped_reason:
+        console.print(f"image step: no change ({result.skipped_reason})", highlight=False, markup=False)
+    else:
+        console.print(f"image step: built {result.built}", highlight=False, markup=False)
+        for p in result.pins:
+            console.print(f"  images.{p.key}: {p.after}" + ("" if p.changed else " (already)"), highlight=False, markup=False)
+        if result.committed:
+            console.print(f"  committed site.yml ({result.committed[:12]}) and pushed it to GitLab", highlight=False,
+                          markup=False)
+    ctx = ctx_factory()  # site.yml now names the pinned image
+    if ctx.site["dicom_endpoint"]["kind"] == "mercure":
+        console.print("Mercure's indexer module runs the pinned image from the next `bidsflux mercure push` "
+                      "(start Mercure with `bidsflux mercure up` first)", highlight=False, markup=False)
+    plan = ctx.plan()
+    outcomes = deploy_services(ctx, plan, timeout, console)
+    if outcomes:
+        console.print(outcome_table(outcomes))
+    if not report_failures(outcomes, console):
+        console.print(Text.assemble(("bootstrap failed", "red"), f": the DICOM endpoint ({', '.join(sorted(held)) or 'services'}) "
+                                    "did not start; fix it and run bootstrap again (it resumes)"))
+        return 1
+    started = [f"{c.action} {c.name}" for c in plan.service_changes]
+    if started:
+        console.print(f"deployed with the pinned image: {', '.join(started)}", highlight=False, markup=False)
+    return 0
+
+
 def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, timeout: float, console: Console,
                   confirm: Callable[[str], None], skip_gitlab: bool = False, gitlab_timeout: float | None = None) -> int:
     """`ctx_factory()` loads site, template and engine; it is called again after swarm init so
@@ -119,13 +176,16 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
                   f"  or from this repository there: ./scripts/bootstrap.sh --join {join.removeprefix('docker swarm join ')}",
                   highlight=False, markup=False)
     changes += tls_day_zero(ctx, console)
+    held = held_services(ctx)
     ctx.rerender()
+    hold(ctx, held)
     plan = ctx.plan()
     if not plan.empty:
         for line in format_plan(plan):
             console.print(line, highlight=False, markup=False)
     changes += apply_prerequisites(ctx, plan, console)
     ctx.rerender()
+    hold(ctx, held)
     plan = ctx.plan()
     started = time.monotonic()
     outcomes = deploy_services(ctx, plan, timeout, console)
@@ -151,10 +211,24 @@ def run_bootstrap(ctx_factory: Callable[[], SwarmContext], create_dirs: bool, ti
             console.print(f"  - {c}", highlight=False, markup=False)
     else:
         console.print("No changes: the site was already bootstrapped and in sync.")
+    if held:
+        console.print(f"held until its image is built and pinned: {', '.join(sorted(held))} (the DICOM endpoint "
+                      "runs an image the site builds; GitLab's registry did not exist before this deploy)",
+                      highlight=False, markup=False)
     if skip_gitlab:
         console.print("GitLab day zero skipped (--skip-gitlab); run it later with "
                       f"`bidsflux bootstrap --site {ctx.repo.site_file} --yes` (the swarm part then changes nothing)",
                       highlight=False, markup=False)
-    else:
-        gitlab_day_zero(ctx, console, gitlab_timeout)
+        return 0
+    gitlab_day_zero(ctx, console, gitlab_timeout)
+    if held or _endpoint_image_built_here(ctx):
+        return image_day_zero(ctx_factory, held, timeout, console)
     return 0
+
+
+def _endpoint_image_built_here(ctx: SwarmContext) -> bool:
+    from bidsflux.images.dayzero import built_project, endpoint_image_key
+    from bidsflux.site.yamlsource import load
+
+    return built_project(ctx.site, load(ctx.repo.gitlab_file, ctx.repo.root).data or {},
+                         endpoint_image_key(ctx.site)) is not None
