@@ -52,6 +52,8 @@ def merge_request_jobs(client: object) -> None:
     import swarm_site
     from gcl import PipelineRepo, runner_volumes
 
+    from bidsflux.gitlab.runners import readonly_socket
+    from bidsflux.site.yamlsource import load
     from gitlab_emulator import GitLabEmulator
     from support import cli
 
@@ -87,7 +89,7 @@ def merge_request_jobs(client: object) -> None:
             variables.update(BIDSFLUX_GITLAB_TOKEN="", BIDSFLUX_GITLAB_READ_TOKEN=emu.create_token(reader["username"], ["read_api"]),
                              BIDSFLUX_GITLAB_NOTE_TOKEN=emu.admin_token)
             for job in ("validate", "plan"):
-                volumes = [v.replace("/run/bidsflux-docker-ro/docker.sock", str(sock))
+                volumes = [v.replace(readonly_socket(load(site.site_file).data), str(sock))
                            for v in runner_volumes(repo.path, tags[job])]
                 t = time.monotonic()
                 result = repo.run(job, variables, ops, helper, volumes)

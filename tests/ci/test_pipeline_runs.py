@@ -91,7 +91,15 @@ def _vars(gitlab_emulator: Any, project: Any, **extra: str) -> dict[str, str]:
             "CI_PROJECT_ID": str(project.id), "CI_DEFAULT_BRANCH": "main", **extra}
 
 
-READONLY_SOCKET = "/run/bidsflux-docker-ro/docker.sock"  # where runners.yml's `plan` runner finds the proxy
+READONLY_SOCKET = "/run/bidsflux-docker-ro/docker.sock"  # where the shipped config listens (in its container)
+
+
+def plan_socket(root: Path) -> str:
+    """Where runners.yml's `plan` runner finds the proxy's socket (mount docker_readonly: paths.docker_readonly)."""
+    from bidsflux.gitlab.runners import readonly_socket
+    from bidsflux.site.yamlsource import load
+
+    return readonly_socket(load(root / "stack" / "site.yml").data)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +132,10 @@ def run_job(repo: PipelineRepo, job: str, variables: dict[str, str], job_images:
             readonly: str | None = None) -> Any:
     """One job in the ops image with the volumes of the runner its tags select, and no others
     (the read-only Docker API socket is the test's own HAProxy)."""
-    volumes = [v.replace(READONLY_SOCKET, readonly) if readonly else v
+    site_socket = plan_socket(repo.path)
+    volumes = [v.replace(site_socket, readonly) if readonly else v
                for v in runner_volumes(repo.path, repo.job_tags()[job])]
-    assert readonly or not any(v.startswith(READONLY_SOCKET) for v in volumes), "this job needs the readonly_socket"
+    assert readonly or not any(v.startswith(site_socket) for v in volumes), "this job needs the readonly_socket"
     result = repo.run(job, variables, job_images["ops"], job_images["helper"], volumes)
     result.volumes = volumes  # type: ignore[attr-defined]
     return result
@@ -196,7 +205,7 @@ def test_each_job_gets_only_its_runners_volumes(repo: PipelineRepo, site: SiteUn
     socket = "/var/run/docker.sock:/var/run/docker.sock"
     mercure = str(mercure_config_dir(site))
     # Merge-request plans: the read-only Docker API, Mercure's config read-only, no state.
-    assert socket not in volumes["plan"] and f"{READONLY_SOCKET}:/var/run/docker.sock" in volumes["plan"]
+    assert socket not in volumes["plan"] and f"{plan_socket(repo.path)}:/var/run/docker.sock" in volumes["plan"]
     assert f"{mercure}:{mercure}:ro" in volumes["plan"] and not any(v.startswith(state) for v in volumes["plan"])
     # The deploying runner: the socket and the state folder (values file), not Mercure's config.
     for job in ("deploy", "rotate-secrets", "health"):

@@ -133,6 +133,7 @@ def make_site(base: Path, client: Any, image_tags: dict[str, str], kind: str = "
         d["images"]["minio"] = image_tags["minio"]
         d["images"]["storescp"] = image_tags["storescp"]
         d["images"]["caddy"] = image_tags["caddy"]
+        d["images"]["haproxy"] = image_tags["haproxy"]
         # node-trust writes <dir>/<registry>/ca.crt on the node: a folder of this test, not /etc.
         d["tls"]["node_trust_dir"] = str(base / "certs.d")
         d["dicom_endpoint"]["kind"] = kind
@@ -176,8 +177,12 @@ def remove_stack(client: Any, stack: str, network: str | None) -> None:
         if not left:
             break
         time.sleep(1)
-    for cfg in client.configs.list(filters={"label": f"io.bidsflux.handoff={stack}"}):
-        cfg.remove()
+    for cfg in client.configs.list(filters={"label": f"io.bidsflux.handoff={stack}"}) + client.configs.list(
+            filters={"label": f"io.bidsflux.stack={stack}"}):
+        try:
+            cfg.remove()
+        except NotFound:
+            pass
     for _ in range(90):
         pending = client.secrets.list(filters={"label": f"io.bidsflux.stack={stack}"})
         for s in pending:

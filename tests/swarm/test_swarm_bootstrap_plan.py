@@ -30,7 +30,7 @@ def test_bootstrap_converges_from_nothing(deployed_site: SiteUnderTest, docker_c
     stack = deployed_site.stack
     services = {s["Spec"]["Name"] for s in docker_client.api.services(filters={"label": f"com.docker.stack.namespace={stack}"})}
     assert services == {f"{stack}_{n}" for n in ("proxy", "node-trust", "gitlab", "gitlab-runner", "gitlab-runner-dind",
-                                                 "minio", "dicom_endpoint")}
+                                                 "docker-readonly", "minio", "dicom_endpoint")}
     for name in services:
         assert _running_images(docker_client, name), f"{name} has no running task"
     net = docker_client.networks.get(deployed_site.network)

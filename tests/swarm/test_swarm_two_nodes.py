@@ -97,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, stand_
     try:
         nodes.setup()
         manager, worker = nodes.manager.client(), nodes.worker.client()
-        data_images = [stand_in_images[k] for k in ("gitlab", "runner", "minio", "storescp", "caddy")]
+        data_images = [stand_in_images[k] for k in ("gitlab", "runner", "minio", "storescp", "caddy", "haproxy")]
         nodes.load_images(nodes.manager, data_images)
         # node-trust (the TLS CA for Docker) is global: it runs on the worker too.
         nodes.load_images(nodes.worker, [stand_in_images["runner"], stand_in_images["caddy"]])

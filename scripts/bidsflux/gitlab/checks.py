@@ -76,7 +76,47 @@ def check_runners_file(runners: Document, site: Document, template: Document | N
         if socket and not (rtype == "project" and spec.get("locked") and spec.get("access_level") == "ref_protected"):
             out.append(runners.diagnostic(key, "a runner with the host's Docker socket deploys: it must be a project "
                                           "runner, locked: true, access_level: ref_protected (protected refs only)"))
+        out += _readonly_api_checks(runners, name, spec, site, template)
     out += _version_checks(site)
+    return out
+
+
+def _readonly_api_checks(runners: Document, name: str, spec: dict[str, Any], site: Document,
+                         template: Document | None) -> list[Diagnostic]:
+    """A runner with the read-only Docker API finds its socket only on a node that runs the
+    docker-readonly service: the host's Docker makes the job containers on the node of the
+    runner's service, so both must share a role. A hand-written socket volume must be that socket."""
+    from bidsflux.gitlab.runners import READONLY_SERVICE, readonly_socket
+
+    d = spec.get("docker") or {}
+    out = []
+    data = site.data or {}
+    try:
+        socket = readonly_socket(data)
+    except (KeyError, TypeError):
+        return out  # site.yml's schema problems are reported on their own
+    for i, v in enumerate(d.get("volumes") or []):
+        parts = str(v).split(":")
+        if len(parts) > 1 and parts[1] in (DOCKER_SOCKET, "/run/docker.sock") and parts[0] not in (DOCKER_SOCKET, "/run/docker.sock") \
+                and parts[0] != socket:
+            out.append(runners.diagnostic(["runners", name, "docker", "volumes", i], f"{parts[0]} is not a Docker socket "
+                                          f"the stack provides: the read-only Docker API listens at {socket} "
+                                          "(paths.docker_readonly in site.yml); use the mount docker_readonly"))
+    wants = "docker_readonly" in [str(m).split(":")[0] for m in d.get("mounts") or []] or socket in [
+        str(v).split(":")[0] for v in d.get("volumes") or []]
+    if not wants:
+        return out
+    services = (template.data.get("services") or {}) if template is not None and isinstance(template.data, dict) else None
+    if services is not None and READONLY_SERVICE not in services:
+        out.append(runners.diagnostic(["runners", name, "docker"], f"its jobs get the read-only Docker API, but "
+                                      f"stack/bidsflux.stack.yml has no service {READONLY_SERVICE} to serve it"))
+        return out
+    role_of = {svc: role for role, svcs in (data.get("roles") or {}).items() for svc in svcs or []}
+    mine, proxy = role_of.get(spec.get("service")), role_of.get(READONLY_SERVICE)
+    if mine != proxy:
+        out.append(runners.diagnostic(["runners", name, "service"], f"its jobs run on the node of {spec.get('service')} "
+                                      f"(role {mine or 'none'}), but {READONLY_SERVICE}, which makes their Docker socket "
+                                      f"{socket}, is on role {proxy or 'none'}: put both on one role in site.yml roles"))
     return out
 
 

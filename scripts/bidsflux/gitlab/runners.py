@@ -50,6 +50,14 @@ class RunnerSpec:
 
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+# The stack's read-only Docker API (HAProxy, GET/HEAD only): its service and where it listens.
+READONLY_SERVICE = "docker-readonly"
+MOUNT_NAMES = ("docker_socket", "docker_readonly", "state", "mercure_config")
+
+
+def readonly_socket(site: Mapping[str, Any]) -> str:
+    """The host path of the read-only Docker API's socket (docker.sock in paths.docker_readonly)."""
+    return str(PurePosixPath(str(site["paths"]["docker_readonly"]["path"])) / "docker.sock")
 
 
 def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:
@@ -57,6 +65,7 @@ def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:
 
     Host folders appear at the same path in the job, so the paths of site.yml hold inside jobs too:
       docker_socket   the host's Docker API (only for the runner that deploys)
+      docker_readonly the read-only Docker API (GET/HEAD) as the job's /var/run/docker.sock
       state           paths.state_dir and the folder of secrets.file (the values file)
       mercure_config  Mercure's config folder (paths.mercure_base/config)
     A `:ro` suffix mounts read-only."""
@@ -67,6 +76,10 @@ def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:
         suffix = ":ro" if mode == "ro" else ""
         if name == "docker_socket":
             hosts = [DOCKER_SOCKET]
+        elif name == "docker_readonly":
+            # Where the Docker CLI and docker-py look by default; the service is on this node.
+            out.append(f"{readonly_socket(site)}:{DOCKER_SOCKET}{suffix}")
+            continue
         elif name == "state":
             hosts = [str(paths["state_dir"]["path"])]
             values_dir = str(PurePosixPath(str((site.get("secrets") or {}).get("file", ""))).parent)
@@ -75,7 +88,7 @@ def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:
         elif name == "mercure_config":
             hosts = [str(PurePosixPath(str(paths["mercure_base"]["path"])) / "config")]
         else:
-            raise UserError(f"unknown runner mount '{name}' in stack/runners.yml (use docker_socket, state or mercure_config)")
+            raise UserError(f"unknown runner mount '{name}' in stack/runners.yml (use {', '.join(MOUNT_NAMES)})")
         out += [f"{h}:{h}{suffix}" for h in hosts]
     return out
 

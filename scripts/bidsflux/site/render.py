@@ -7,10 +7,11 @@ lists stay lists. Output is deterministic: keys are sorted and nothing depends o
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
@@ -42,11 +43,30 @@ def versioned_secret_name(stack: str, logical: str, version: int) -> str:
     return f"{stack}_{logical}_v{version}"
 
 
+def config_catalog(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Logical configs made from files next to the template (x-bidsflux-configs)."""
+    return dict(template.get("x-bidsflux-configs") or {})
+
+
+def content_config_name(stack: str, logical: str, data: bytes) -> str:
+    """A swarm config's name: configs are immutable, so a new content is a new name (and the
+    services using it roll); 12 hex digits of SHA-256 keep it under swarm's 64 characters."""
+    return f"{stack}_{logical}_{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+@dataclass
+class RenderedConfig:
+    logical: str
+    name: str  # docker name, content-hashed
+    data: bytes
+
+
 @dataclass
 class RenderedStack:
     stack_name: str
     data: dict[str, Any]
     secrets: dict[str, str]  # logical secret -> versioned docker name
+    configs: dict[str, RenderedConfig] = field(default_factory=dict)  # logical -> content and docker name
 
     def to_yaml(self) -> str:
         return HEADER + dump_yaml(self.data)
@@ -135,7 +155,8 @@ def node_trust_parent(site: Mapping[str, Any]) -> str:
     return "/" + trust_dir.strip("/").split("/")[0]
 
 
-def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str]) -> dict[str, Any]:
+def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str],
+                     config_name: Callable[[str], str] | None = None) -> dict[str, Any]:
     disks = site["paths"]["minio_disks"]
     targets = [f"/data{i + 1}" for i in range(len(disks))]
     return {
@@ -160,6 +181,7 @@ def template_context(site: Mapping[str, Any], secret_name: Callable[[str], str])
         "indexer_extra_hosts": [f"{name}:{ip}" for name, ip in indexer_extra_hosts(site).items()],
         "node_trust_file": node_trust_folder(site) + "/ca.crt",
         "secret_name": secret_name,
+        "config_name": config_name or (lambda logical: logical),
     }
 
 
@@ -236,7 +258,19 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
         used[logical] = versioned_secret_name(stack, logical, int(versions.get(logical, 1)))
         return used[logical]
 
-    renderer = TemplateRenderer(template_doc, template_context(site, secret_name))
+    configs = _config_files(stack, template_doc)
+    used_configs: dict[str, RenderedConfig] = {}
+
+    def config_name(logical: str) -> str:
+        if logical not in configs:
+            raise jinja2.TemplateError(f"config '{logical}' is not declared in x-bidsflux-configs")
+        found = configs[logical]
+        if isinstance(found, str):
+            raise jinja2.TemplateError(found)
+        used_configs[logical] = found
+        return found.name
+
+    renderer = TemplateRenderer(template_doc, template_context(site, secret_name, config_name))
     role_of = {svc: role for role, services in site["roles"].items() for svc in services}
 
     services: dict[str, Any] = {}
@@ -268,6 +302,11 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
         }
         data["secrets"] = {k: v for k, v in data["secrets"].items() if k in referenced}
         used = {k: v for k, v in used.items() if k in referenced}
+    if "configs" in data:
+        referenced = {c.get("source") if isinstance(c, dict) else c for svc in services.values()
+                      for c in svc.get("configs", []) or []}
+        data["configs"] = {k: v for k, v in data["configs"].items() if k in referenced}
+        used_configs = {k: v for k, v in used_configs.items() if k in referenced}
     # Secrets used outside the stack too (the Mercure module's files, `bidsflux s3`, the canary)
     # exist whichever services are rendered: `always: true` in x-bidsflux-secrets.
     for logical, spec in catalog.items():
@@ -275,4 +314,24 @@ def render_stack(site: Mapping[str, Any], template_doc: Document, versions: Mapp
             used[logical] = versioned_secret_name(stack, logical, int(versions.get(logical, 1)))
     if renderer.errors:
         raise UserError("", renderer.errors)
-    return RenderedStack(stack_name=stack, data=data, secrets=dict(sorted(used.items())))
+    return RenderedStack(stack_name=stack, data=data, secrets=dict(sorted(used.items())),
+                         configs=dict(sorted(used_configs.items())))
+
+
+def _config_files(stack: str, template_doc: Document) -> dict[str, RenderedConfig | str]:
+    """Each x-bidsflux-configs entry read from the template's folder, or why it cannot be."""
+    template = template_doc.data if isinstance(template_doc.data, dict) else {}
+    out: dict[str, RenderedConfig | str] = {}
+    for logical, spec in config_catalog(template).items():
+        file = str((spec or {}).get("file", "")) if isinstance(spec, dict) else ""
+        path = template_doc.path.parent / file
+        if not file or "/" in file or file.startswith("."):
+            out[logical] = f"config '{logical}': file must be a file name next to {template_doc.display}"
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            out[logical] = f"config '{logical}': cannot read {path.name} next to {template_doc.display} ({exc.strerror})"
+            continue
+        out[logical] = RenderedConfig(logical, content_config_name(stack, str(logical), data), data)
+    return out

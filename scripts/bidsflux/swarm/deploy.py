@@ -18,6 +18,7 @@ from bidsflux.diagnostics import UserError
 from bidsflux.site.render import RenderedStack, secret_catalog
 from bidsflux.site.repository import Repository
 from bidsflux.site.yamlsource import Document
+from bidsflux.swarm.configs import create_configs, remove_stale_configs
 from bidsflux.swarm.engine import (
     ServiceOutcome,
     ensure_network,
@@ -91,7 +92,7 @@ def load_context(site: str | None, root: str | None, versions: str = "live") -> 
 
 
 def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list[str]:
-    """Network, node labels and missing secrets: what `docker stack deploy` cannot create."""
+    """Network, node labels, missing secrets and configs: what `docker stack deploy` cannot create."""
     done: list[str] = []
     for c in plan.of("network", "update"):
         differences = ", ".join(f"{k} is {v['live']}, site.yml says {v['desired']}" for k, v in c.fields.items())
@@ -121,6 +122,7 @@ def apply_prerequisites(ctx: SwarmContext, plan: Plan, console: Console) -> list
             create_secret(ctx.client, ctx.stack, logical, version, values[logical])
             done.append(f"created secret {c.name}")
         done.append(f"wrote {len(values)} new value(s) to {ctx.site['secrets']['file']} (0600)")
+    done += create_configs(ctx.client, ctx.rendered, [c.name for c in plan.of("config", "create")])
     return done
 
 
@@ -361,6 +363,9 @@ def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping
     if outcomes:
         console.print(outcome_table(outcomes))
     ok = report_failures(outcomes, console)
+    if ok:
+        for line in remove_stale_configs(ctx.client, ctx.rendered):
+            console.print(line)
     console.print("deploy finished" if ok else Text.assemble(("deploy failed", "red"),
                                                              ": the services above rolled back or paused"))
     return 0 if ok else 1

@@ -120,6 +120,13 @@ def desired_service(name: str, svc: Mapping[str, Any], top: Mapping[str, Any]) -
         docker_name = (top_secrets.get(src) or {}).get("name") or src
         refs.append(_secret_ref(docker_name, s.get("target") or src, int(s.get("mode", 0o444))))
     out["secrets"] = sorted(refs)
+    top_configs = top.get("configs") or {}
+    out["configs"] = sorted(
+        _secret_ref((top_configs.get(c["source"]) or {}).get("name") or c["source"], c.get("target") or c["source"],
+                    int(c.get("mode", 0o444)))
+        for c in ({"source": c} if isinstance(c, str) else c for c in svc.get("configs") or []))
+    if svc.get("user") is not None:
+        out["user"] = str(svc["user"])
     out["replicas"] = int(deploy.get("replicas", 1)) if deploy.get("mode", "replicated") == "replicated" else None
     out["ports"] = sorted(
         _port(p.get("published"), p.get("target"), p.get("protocol"), p.get("mode"))
@@ -174,6 +181,7 @@ class DesiredState:
     secrets: dict[str, str]  # logical -> versioned docker name
     compose: dict[str, Any]  # the rendered stack file
     placement: dict[str, Any] = field(default_factory=dict)  # site.yml's roles and nodes
+    configs: dict[str, str] = field(default_factory=dict)  # content-hashed docker name -> logical
 
 
 def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
@@ -187,7 +195,8 @@ def desired(rendered: RenderedStack, site: Mapping[str, Any]) -> DesiredState:
     return DesiredState(stack, services, {"name": net["name"], "subnet": net["subnet"],
                                           "encrypted": bool(net.get("encrypted", False))}, used_roles,
                         dict(rendered.secrets), rendered.data,
-                        {"roles": site["roles"], "nodes": site.get("nodes")})
+                        {"roles": site["roles"], "nodes": site.get("nodes")},
+                        {c.name: logical for logical, c in rendered.configs.items()})
 
 
 # ---------------------------------------------------------------- observed (from the engine)
@@ -206,6 +215,11 @@ def observed_service(spec: Mapping[str, Any], short_name: str, network_names: Ma
         _secret_ref(s.get("SecretName", ""), (s.get("File") or {}).get("Name", ""), int((s.get("File") or {}).get("Mode", 0o444)))
         for s in cs.get("Secrets") or []
     )
+    out["configs"] = sorted(
+        _secret_ref(c.get("ConfigName", ""), (c.get("File") or {}).get("Name", ""), int((c.get("File") or {}).get("Mode", 0o444)))
+        for c in cs.get("Configs") or []
+    )
+    out["user"] = cs.get("User", "")
     mode = spec.get("Mode") or {}
     out["replicas"] = (mode.get("Replicated") or {}).get("Replicas") if "Replicated" in mode else None
     out["ports"] = sorted(
@@ -255,6 +269,7 @@ class ObservedState:
     node_count: int
     secrets: dict[str, dict[str, Any]]  # docker name -> {id, logical, version, ours}
     nodes: list[Node] = field(default_factory=list)  # every node, with state and role labels
+    configs: set[str] = field(default_factory=set)  # names of the swarm's configs
 
 
 def observe(client: Any, stack: str, network_name: str) -> ObservedState:
@@ -267,6 +282,7 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
         svcs = api.services(filters={"label": f"{STACK_LABEL}={stack}"})
         nodes = api.nodes()
         secrets = api.secrets()
+        config_names = {c["Spec"]["Name"] for c in api.configs()}
     except APIError as exc:
         raise UserError(f"cannot read the swarm: {exc.explanation or exc}; run this on a swarm manager "
                         "(docker swarm init, or bidsflux bootstrap)") from None
@@ -297,7 +313,7 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
             version = 0
         observed_secrets[s["Spec"]["Name"]] = {"id": s["ID"], "logical": labels.get(LABEL_SECRET), "version": version,
                                                "ours": ours, "created": s.get("CreatedAt", "")}
-    return ObservedState(stack, services, ids, network, node_roles, len(nodes), observed_secrets, all_nodes)
+    return ObservedState(stack, services, ids, network, node_roles, len(nodes), observed_secrets, all_nodes, config_names)
 
 
 # ---------------------------------------------------------------- diff and plan
@@ -305,7 +321,7 @@ def observe(client: Any, stack: str, network_name: str) -> ObservedState:
 
 @dataclass
 class Change:
-    kind: str  # service | network | node_label | secret
+    kind: str  # service | network | node_label | secret | config
     action: str  # create | update | remove
     name: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> {"live": .., "desired": ..}
@@ -352,7 +368,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # Fields the stack file may leave out; when it does, `docker stack deploy` clears them, so a live
 # value with nothing stated is a change too (a removed command or healthcheck must show in plan).
-_OPTIONAL_FIELDS = ("command", "entrypoint", "hostname", "healthcheck", "memory_limit")
+_OPTIONAL_FIELDS = ("command", "entrypoint", "hostname", "healthcheck", "memory_limit", "user")
 
 
 def diff_service(want: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -421,6 +437,10 @@ def diff(want: DesiredState, live: ObservedState) -> Plan:
         if docker_name not in live.secrets:
             changes.append(Change("secret", "create", docker_name, {"logical": {"live": None, "desired": logical}},
                                   "generated with random content"))
+    for docker_name, logical in sorted(want.configs.items()):
+        if docker_name not in live.configs:
+            changes.append(Change("config", "create", docker_name, {"logical": {"live": None, "desired": logical}},
+                                  "from its file in stack/ (x-bidsflux-configs)"))
     for name, spec in sorted(want.services.items()):
         if name not in live.services:
             fields = {k: {"live": None, "desired": v} for k, v in spec.items() if v not in (None, [], {})}
