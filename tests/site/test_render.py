@@ -104,5 +104,5 @@ def test_docker_stack_config_accepts_rendered_stack(repo_copy: Path, tmp_path: P
     proc = subprocess.run([docker, "stack", "config", "-c", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
-    expected = {"proxy", "node-trust", "gitlab", "gitlab-runner", "gitlab-runner-dind", "minio"} | ({"dicom_endpoint"} if kind == "storescp" else set())
+    expected = {"proxy", "node-trust", "gitlab", "gitlab-runner", "gitlab-runner-dind", "docker-readonly", "minio"} | ({"dicom_endpoint"} if kind == "storescp" else set())
     assert set(resolved["services"]) == expected
