@@ -38,6 +38,14 @@ def test_validate_refuses_leading_slash_and_traversal(repo_copy: Path, bad: str)
     assert any(p["file"].endswith("gitlab.yml") and "ci_config_path" in p["message"] + json.dumps(p) for p in problems), problems
 
 
+def test_validate_refuses_a_template_this_repository_lacks(repo_copy: Path) -> None:
+    edit_text(repo_copy, "stack/gitlab.yml", f"ci_config_path: {WANTED}",
+              "ci_config_path: ci-templates/nothing.yml@ni-dataops/bidsflux")
+    problems = [p for p in validate_problems(repo_copy) if "nothing.yml" in json.dumps(p)]
+    assert len(problems) == 1 and problems[0]["file"].endswith("gitlab.yml") and problems[0]["line"] > 1, problems
+    assert "is not a file of this repository (pushed to ni-dataops/bidsflux)" in json.dumps(problems[0])
+
+
 @pytest.mark.integration
 def test_emulator_refuses_what_gitlab_refuses(gitlab_emulator) -> None:  # type: ignore[no-untyped-def]
     gl = gitlab.Gitlab(gitlab_emulator.url, private_token=gitlab_emulator.admin_token)

@@ -353,6 +353,16 @@ def _gitlab_checks(site: Document, gitlab: Document, template: Document | None, 
         if "secret" in var and not var.get("masked"):
             out.append(gitlab.diagnostic(["variables", name, "masked"], "a variable holding a secret must be masked"))
     projects = data.get("projects") or {}
+    self_projects = [path for path, spec in projects.items() if isinstance(spec, dict) and spec.get("self")]
+    root = gitlab.path.resolve().parent.parent  # stack/gitlab.yml -> the repository
+    for path, spec in projects.items():
+        config = str((spec or {}).get("ci_config_path") or "") if isinstance(spec, dict) else ""
+        file, _, location = config.partition("@")
+        other = location.partition(":")[0]
+        # FILE@<this repository's project>: GitLab reads FILE from what bootstrap pushed, so it must exist here.
+        if other and other in self_projects and not (root / file).is_file():
+            out.append(gitlab.diagnostic(["projects", path, "ci_config_path"],
+                                         f"{file} is not a file of this repository (pushed to {other})"))
     for name, sched in (data.get("schedules") or {}).items():
         if sched["project"] not in projects:
             out.append(gitlab.diagnostic(["schedules", name, "project"], f"project '{sched['project']}' is not in projects"))
