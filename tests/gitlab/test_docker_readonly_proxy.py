@@ -3,6 +3,8 @@ merge-request plans read the Docker API (GET/HEAD), and cannot change anything o
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -19,16 +21,16 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 IMAGE = "bidsflux-test/debian:bookworm"
 
 
-@pytest.fixture
-def readonly_socket() -> Iterator[str]:
+@contextlib.contextmanager
+def haproxy(text: str) -> Iterator[str]:
+    """HAProxy with config `text` listening in a folder of the test (the shipped config's socket
+    path moved there); yields the socket."""
     require(shutil.which("haproxy") is not None, "needs haproxy (Debian package haproxy)")
     require(Path(DOCKER_SOCKET).exists(), "needs the Docker daemon's socket")
     tmp = Path(tempfile.mkdtemp(prefix="docker-ro-"))
     sock = tmp / "docker.sock"
-    # The shipped file, only the listening socket moved into the test's own folder.
-    text = CONFIG.read_text().replace("unix@/run/bidsflux-docker-ro/docker.sock", f"unix@{sock}")
     cfg = tmp / "haproxy.cfg"
-    cfg.write_text(text)
+    cfg.write_text(text.replace("unix@/run/bidsflux-docker-ro/docker.sock", f"unix@{sock}"))
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
@@ -41,6 +43,12 @@ def readonly_socket() -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def readonly_socket() -> Iterator[str]:
+    with haproxy(CONFIG.read_text()) as sock:  # the shipped file
+        yield sock
 
 
 @pytest.mark.integration
@@ -73,3 +81,31 @@ def test_get_passes_writes_and_file_reads_are_refused(readonly_socket: str) -> N
         assert direct.containers.get(mine.id).id == mine.id  # nothing changed through the proxy
     finally:
         mine.remove(force=True)
+
+
+def _doctor_finding(repo: Path, sock: str) -> list[dict]:
+    from support import cli, edit_yaml
+
+    edit_yaml(repo / "stack/site.yml", lambda d: d["paths"]["docker_readonly"].update(path=str(Path(sock).parent)))
+    result = cli("doctor", "--root", str(repo), "--format", "json")
+    return [f for f in json.loads(result.output) if f["check"] == "docker-readonly"]
+
+
+@pytest.mark.integration
+def test_doctor_says_the_socket_refuses_writes(repo_copy: Path) -> None:
+    with haproxy(CONFIG.read_text()) as sock:
+        found = _doctor_finding(repo_copy, sock)
+    assert [(f["level"], f["message"]) for f in found] == [("ok", f"{sock} answers reads and refuses writes (403)")]
+
+
+@pytest.mark.integration
+def test_doctor_fails_a_proxy_that_passes_writes(repo_copy: Path) -> None:
+    shipped = CONFIG.read_text()
+    rule = "    http-request deny deny_status 403 unless METH_GET || { method HEAD }\n"
+    assert rule in shipped
+    with haproxy(shipped.replace(rule, "")) as sock:
+        found = _doctor_finding(repo_copy, sock)
+    assert len(found) == 1 and found[0]["level"] == "fail", found
+    # Docker itself answered the empty create (400): nothing was made, and doctor names the fix.
+    assert "passes writes (POST /containers/create answered 400" in found[0]["message"]
+    assert "stack/docker-readonly.haproxy.cfg" in found[0]["fix"]

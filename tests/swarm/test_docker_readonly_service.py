@@ -7,6 +7,7 @@ plan runner's config.toml mounts it; an edited config rolls the service and the 
 from __future__ import annotations
 
 import base64
+import json
 import stat
 import subprocess
 import time
@@ -65,6 +66,10 @@ def test_socket_reads_docker_and_refuses_writes_and_file_reads(deployed_site: Si
         ro.api.get_archive(gitlab, "/run/secrets/gitlab_root_password")
     assert archive.value.status_code == 403
     assert docker_client.containers.get(own).status == "running"
+    # `bidsflux doctor` on this node probes the same socket.
+    doctor = deployed_site.run("doctor", "--format", "json")
+    found = [f for f in json.loads(doctor.output) if f["check"] == "docker-readonly"]
+    assert [(f["level"], f["message"]) for f in found] == [("ok", f"{sock} answers reads and refuses writes (403)")]
 
 
 def test_plan_job_container_gets_the_socket_and_other_host_users_do_not(deployed_site: SiteUnderTest,

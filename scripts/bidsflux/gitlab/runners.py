@@ -19,7 +19,7 @@ import tomli_w
 
 from bidsflux.diagnostics import UserError
 from bidsflux.gitlab.objects import gitlab_errors
-from bidsflux.site.endpoints import CA_BUNDLE_PATH
+from bidsflux.site.endpoints import CA_BUNDLE_PATH, docker_readonly_socket
 
 CONFIG_TARGET = "runner_config.toml"
 METRICS_ADDRESS = "127.0.0.1:9252"  # the services' healthcheck reads /metrics here
@@ -57,7 +57,7 @@ MOUNT_NAMES = ("docker_socket", "docker_readonly", "state", "mercure_config")
 
 def readonly_socket(site: Mapping[str, Any]) -> str:
     """The host path of the read-only Docker API's socket (docker.sock in paths.docker_readonly)."""
-    return str(PurePosixPath(str(site["paths"]["docker_readonly"]["path"])) / "docker.sock")
+    return docker_readonly_socket(site)
 
 
 def mount_volumes(mounts: list[str], site: Mapping[str, Any]) -> list[str]:

@@ -61,3 +61,9 @@ def host_ca_bundle(site: Mapping[str, Any]) -> str:
     """The CA bundle on the manager (paths.state_dir/proxy/ca.crt), written by `bidsflux tls apply`;
     containers started outside the swarm (Mercure's modules) mount it at CA_BUNDLE_PATH."""
     return f"{str(site['paths']['state_dir']['path']).rstrip('/')}/proxy/ca.crt"
+
+
+def docker_readonly_socket(site: Mapping[str, Any]) -> str:
+    """The read-only Docker API's socket on the host: docker.sock in paths.docker_readonly, where
+    the docker-readonly service creates it and runners with the mount docker_readonly find it."""
+    return str(site["paths"]["docker_readonly"]["path"]).rstrip("/") + "/docker.sock"

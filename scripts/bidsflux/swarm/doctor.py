@@ -69,7 +69,10 @@ def _site_findings(site: str | None, root: str | None, client: Any) -> list[Find
             ours = set()
     dirs = preflight.data_dirs(site_doc.data, rendered)
     health = site_doc.data.get("health") or {}
+    from bidsflux.site.endpoints import docker_readonly_socket
+
     return (preflight.check_dirs(dirs, create=False)
+            + preflight.check_readonly_api(docker_readonly_socket(site_doc.data))
             + preflight.check_ports(preflight.published_ports(rendered), ours)
             + preflight.check_disk(dirs, int(health.get("disk_warn_percent", 80)),
                                    int(health.get("disk_fail_percent", 90))))

@@ -244,3 +244,41 @@ def print_findings(findings: list[Finding], console: Any, title: str = "prefligh
         table.add_row(f.check, Text(f.level, style=colour[f.level]), Text(f.message + (f"\nfix: {f.fix}" if f.fix else "")))
     console.print(table)
     return [f for f in findings if f.level == "fail"]
+
+
+def check_readonly_api(path: str, timeout: float = 5.0) -> list[Finding]:
+    """The read-only Docker API on this node, when its socket is here (the node of the plan runner's
+    service): GET /_ping answers, and a write is refused with 403. The write sent is an empty
+    container create, which Docker itself refuses (400), so it changes nothing even if it passed."""
+    import http.client
+
+    if not Path(path).is_socket():
+        return []
+
+    class UnixHTTP(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+
+    def status(method: str, url: str, body: str | None = None) -> int:
+        conn = UnixHTTP("docker", timeout=timeout)
+        try:
+            conn.request(method, url, body=body, headers={"Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    try:
+        ping, write = status("GET", "/_ping"), status("POST", "/containers/create", "{}")
+    except OSError as exc:
+        return [Finding("fail", "docker-readonly", f"{path} does not answer: {exc.strerror or exc}",
+                        "docker service ps <stack>_docker-readonly (the service makes this socket)")]
+    if write != 403:
+        return [Finding("fail", "docker-readonly", f"{path} passes writes (POST /containers/create answered {write}, "
+                        "not 403): merge-request plans could change the swarm",
+                        "restore stack/docker-readonly.haproxy.cfg (GET/HEAD only) and deploy")]
+    if ping != 200:
+        return [Finding("fail", "docker-readonly", f"{path} answers GET /_ping with {ping}",
+                        "docker service logs <stack>_docker-readonly")]
+    return [Finding("ok", "docker-readonly", f"{path} answers reads and refuses writes (403)")]
