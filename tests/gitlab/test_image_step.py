@@ -79,7 +79,10 @@ class PlayedRunner:
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=10)
-        for ref in self.pushed.values():
+        repo = f"{self.registry.address}/ni-dataops/containers/dicom_indexer"
+        listed = subprocess.run(["docker", "image", "ls", "--digests", "--format", "{{.Repository}}@{{.Digest}}", repo],
+                                capture_output=True, text=True, check=False).stdout.split()
+        for ref in [*self.pushed.values(), *listed]:
             subprocess.run(["docker", "rmi", ref], capture_output=True, check=False)
 
 
@@ -133,14 +136,36 @@ def test_image_step_runs_pipeline_waits_pins_and_pushes(gitlab_emulator, site_re
         assert site.read_text() == before
 
         # Resume: a new pipeline (the last one failed), the tag appears, site.yml is pinned and pushed.
+        # `then` (bootstrap deploys the endpoint there) runs with the Docker CLI logged in with the
+        # step's token: the daemon pulls the pinned image through the registry's token auth.
+        seen: dict[str, str] = {}
+
+        def pull_as_the_deploy_would() -> str:
+            import yaml
+
+            ref = yaml.safe_load(site.read_text())["images"]["storescp"]
+            config = os.environ.get("DOCKER_CONFIG", "")
+            assert config and Path(config, "config.json").stat().st_mode & 0o077 == 0
+            seen["digests"] = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}",
+                                              runner.pushed[head]], check=True, capture_output=True, text=True).stdout
+            subprocess.run(["docker", "rmi", runner.pushed[head], ref], capture_output=True, check=False)
+            pulled = subprocess.run(["docker", "pull", ref], capture_output=True, text=True, timeout=120)
+            assert pulled.returncode == 0, pulled.stderr
+            return config
+
         console, out = _console()
-        result = run(ctx, console, container=gitlab_task, timeout=60, interval=0.2)
+        result = run(ctx, console, container=gitlab_task, timeout=60, interval=0.2, then=pull_as_the_deploy_would)
+        assert not Path(result.then).exists() and os.environ.get("DOCKER_CONFIG") != result.then
+        # Without that login the daemon may not pull it (the project is private): the login mattered.
+        ref = f"{name}:{head}"
+        denied = subprocess.run(["docker", "pull", ref], capture_output=True, text=True, timeout=120,
+                                env={k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"})
+        assert denied.returncode != 0, denied.stdout
         assert not runner.errors, runner.errors
         pipelines = containers.pipelines.list(get_all=True)
         assert [(p.id, p.ref, p.sha, p.status) for p in sorted(pipelines, key=lambda p: p.id)] == [
             (1, containers.default_branch, head, "failed"), (2, containers.default_branch, head, "success")]
-        digest = subprocess.run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", runner.pushed[head]],
-                                check=True, capture_output=True, text=True).stdout
+        digest = seen["digests"]  # what the daemon recorded when it pushed
         pinned = f"{name}:{head}@" + digest.split(f"{name}@", 1)[1].split('"', 1)[0]
         assert [p.after for p in result.pins] == [pinned, pinned]
         assert f"  dicom_indexer: {pinned}" in site.read_text() and f"  storescp: {pinned}" in site.read_text()

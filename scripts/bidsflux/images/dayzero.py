@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -69,6 +71,7 @@ class ImageResult:
     built: str = ""  # what was waited for, e.g. "registry/…/dicom_indexer:<sha> (pipeline #3, 41s)"
     committed: str | None = None
     skipped_reason: str = ""
+    then: Any = None  # what run()'s `then` returned
 
 
 def _head(project: Any) -> tuple[str, str]:
@@ -156,10 +159,45 @@ def resume_hint(ctx: Any) -> str:
             f"`git push` this repository and `bidsflux deploy{site}`")
 
 
+@contextmanager
+def registry_login(registry: str, user: str, token: str) -> Iterator[None]:
+    """The Docker CLI logged in to `registry` for the block (DOCKER_CONFIG: a private copy of the
+    caller's config plus this login), so `docker stack deploy --with-registry-auth` hands the swarm
+    what it needs to pull the site-built image; the copy is removed afterwards."""
+    import base64
+    import json
+    import shutil
+    import tempfile
+
+    previous = os.environ.get("DOCKER_CONFIG")
+    source = Path(previous or Path.home() / ".docker") / "config.json"
+    folder = tempfile.mkdtemp(prefix="bidsflux-docker-")
+    try:
+        try:
+            config = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        config.setdefault("auths", {})[registry] = {"auth": base64.b64encode(f"{user}:{token}".encode()).decode()}
+        config.pop("credsStore", None)  # the login above, not a helper, must answer for this registry
+        target = Path(folder) / "config.json"
+        target.touch(mode=0o600)
+        target.write_text(json.dumps(config), encoding="utf-8")
+        os.environ["DOCKER_CONFIG"] = folder
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_CONFIG", None)
+        else:
+            os.environ["DOCKER_CONFIG"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(ctx: Any, console: Console, container: Any = None, timeout: float | None = None,
-        interval: float = 5.0) -> ImageResult:
+        interval: float = 5.0, then: Callable[[], Any] | None = None) -> ImageResult:
     """Bootstrap's image step: its own short-lived admin token (minted in the GitLab task, revoked at
-    the end), the build if needed, the pin, and the push of the pinned site.yml to the self project."""
+    the end), the build if needed, the pin, and the push of the pinned site.yml to the self project.
+    `then` (the endpoint's deploy) runs while the token is valid and the Docker CLI is logged in to
+    the registry with it, so the swarm's first pull of the image is authorised."""
     from bidsflux.gitlab.dayzero import gitlab_url, push_repository
     from bidsflux.gitlab.objects import connect, desired, load_config, scrub
     from bidsflux.gitlab.root_token import find_gitlab_container, root_token
@@ -180,7 +218,13 @@ def run(ctx: Any, console: Console, container: Any = None, timeout: float | None
                 if target is not None:
                     push_repository(ctx.repo.root, url, target.path, token.value)
 
-            return build_and_pin(ctx, gl, token.value, console, timeout, interval, push)
+            result = build_and_pin(ctx, gl, token.value, console, timeout, interval, push)
+            if then is not None:
+                found = built_project(site, gitlab_doc, endpoint_image_key(site))
+                assert found is not None
+                with registry_login(found[0].registry, "root", token.value):
+                    result.then = then()
+            return result
     except UserError as exc:
         raise UserError(f"the image step failed: {scrub(str(exc), hidden)}\n{resume_hint(ctx)}") from None
     except Exception as exc:  # noqa: BLE001 - an engine or HTTP error still ends in the resume message

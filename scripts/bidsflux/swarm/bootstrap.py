@@ -123,11 +123,25 @@ def hold(ctx: SwarmContext, held: set[str]) -> None:
 
 
 def image_day_zero(ctx_factory: Callable[[], SwarmContext], held: set[str], timeout: float, console: Console) -> int:
-    """After GitLab's day zero: build (if needed) and pin the endpoint's image, then deploy what was held."""
+    """After GitLab's day zero: build (if needed) and pin the endpoint's image, then deploy what was
+    held, while the step's token still lets the swarm pull the image."""
     from bidsflux.images.dayzero import run as run_images
 
-    ctx = ctx_factory()
-    result = run_images(ctx, console)
+    def deploy() -> list[Any]:
+        ctx = ctx_factory()  # site.yml now names the pinned image
+        if ctx.site["dicom_endpoint"]["kind"] == "mercure":
+            console.print("Mercure's indexer module runs the pinned image from the next `bidsflux mercure push` "
+                          "(start Mercure with `bidsflux mercure up` first)", highlight=False, markup=False)
+        plan = ctx.plan()
+        outcomes = deploy_services(ctx, plan, timeout, console)
+        if outcomes:
+            console.print(outcome_table(outcomes))
+        started = [f"{c.action} {c.name}" for c in plan.service_changes]
+        if started and report_failures(outcomes, console):
+            console.print(f"deployed with the pinned image: {', '.join(started)}", highlight=False, markup=False)
+        return outcomes
+
+    result = run_images(ctx_factory(), console, then=deploy)
     if result.skipped_reason:
         console.print(f"image step: no change ({result.skipped_reason})", highlight=False, markup=False)
     else:
@@ -137,21 +151,11 @@ def image_day_zero(ctx_factory: Callable[[], SwarmContext], held: set[str], time
         if result.committed:
             console.print(f"  committed site.yml ({result.committed[:12]}) and pushed it to GitLab", highlight=False,
                           markup=False)
-    ctx = ctx_factory()  # site.yml now names the pinned image
-    if ctx.site["dicom_endpoint"]["kind"] == "mercure":
-        console.print("Mercure's indexer module runs the pinned image from the next `bidsflux mercure push` "
-                      "(start Mercure with `bidsflux mercure up` first)", highlight=False, markup=False)
-    plan = ctx.plan()
-    outcomes = deploy_services(ctx, plan, timeout, console)
-    if outcomes:
-        console.print(outcome_table(outcomes))
-    if not report_failures(outcomes, console):
+    outcomes = result.then if result.then is not None else deploy()
+    if any(not o.ok for o in outcomes):
         console.print(Text.assemble(("bootstrap failed", "red"), f": the DICOM endpoint ({', '.join(sorted(held)) or 'services'}) "
                                     "did not start; fix it and run bootstrap again (it resumes)"))
         return 1
-    started = [f"{c.action} {c.name}" for c in plan.service_changes]
-    if started:
-        console.print(f"deployed with the pinned image: {', '.join(started)}", highlight=False, markup=False)
     return 0
 
 
