@@ -153,3 +153,48 @@ def test_edited_config_rolls_the_service_and_the_old_config_goes(deployed_site: 
     assert config_names() == before  # made again from the same content: the same name
     assert f"removed old config {second}" in restored.output
     assert _socket(deployed_site).is_socket()
+
+
+def test_a_job_that_came_first_does_not_block_the_socket(deployed_site: SiteUnderTest, docker_client: Any) -> None:
+    """A plan job that starts while the proxy is down makes Docker create the missing bind source
+    docker.sock as an empty folder; the proxy's next task clears it and listens again."""
+    from docker.errors import APIError
+
+    sock = _socket(deployed_site)
+    service = docker_client.services.get(f"{deployed_site.stack}_docker-readonly")
+
+    def scale(replicas: int) -> None:
+        for _ in range(10):
+            try:
+                docker_client.services.get(service.id).scale(replicas)
+                return
+            except APIError as exc:  # swarm refuses an update built on a stale version
+                if "out of sequence" not in str(exc):
+                    raise
+                time.sleep(1)
+        raise AssertionError(f"could not scale {service.name}")
+
+    def tasks_gone() -> bool:
+        return not docker_client.containers.list(filters={"label": f"com.docker.swarm.service.id={service.id}"})
+
+    scale(0)
+    try:
+        deadline = time.monotonic() + 60
+        while not tasks_gone() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert tasks_gone()
+        sock.unlink(missing_ok=True)
+        job = docker_client.containers.create(deployed_site.images["haproxy"], ["true"],
+                                              volumes=[f"{sock}:/var/run/docker.sock"])
+        try:
+            job.start()  # Docker creates a missing bind source when the container starts
+            job.wait(timeout=60)
+        finally:
+            job.remove(force=True)
+        assert sock.is_dir(), "Docker did not create the missing bind source (the case this guards against)"
+    finally:
+        scale(1)
+    _wait_socket(sock)
+    import docker
+
+    assert docker.DockerClient(base_url=f"unix://{sock}", timeout=30).api.ping()
