@@ -69,7 +69,8 @@ def test_socket_reads_docker_and_refuses_writes_and_file_reads(deployed_site: Si
     # `bidsflux doctor` on this node probes the same socket.
     doctor = deployed_site.run("doctor", "--format", "json")
     found = [f for f in json.loads(doctor.output) if f["check"] == "docker-readonly"]
-    assert [(f["level"], f["message"]) for f in found] == [("ok", f"{sock} answers reads and refuses writes (403)")]
+    assert [(f["level"], f["message"]) for f in found] == [("ok", f"{sock} answers reads and refuses writes (403)")], \
+        doctor.output
 
 
 def test_plan_job_container_gets_the_socket_and_other_host_users_do_not(deployed_site: SiteUnderTest,

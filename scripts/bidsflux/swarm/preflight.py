@@ -248,8 +248,10 @@ def print_findings(findings: list[Finding], console: Any, title: str = "prefligh
 
 def check_readonly_api(path: str, timeout: float = 5.0) -> list[Finding]:
     """The read-only Docker API on this node, when its socket is here (the node of the plan runner's
-    service): GET /_ping answers, and a write is refused with 403. The write sent is an empty
-    container create, which Docker itself refuses (400), so it changes nothing even if it passed."""
+    service): GET /_ping answers, and a write is refused with 403. The write sent is a container
+    create without a body, which Docker itself refuses (400), so it changes nothing even if it
+    passed. (No body: HAProxy answers a denied request before reading one, so a body write could
+    meet a closed connection.)"""
     import http.client
 
     if not Path(path).is_socket():
@@ -261,16 +263,16 @@ def check_readonly_api(path: str, timeout: float = 5.0) -> list[Finding]:
             self.sock.settimeout(timeout)
             self.sock.connect(path)
 
-    def status(method: str, url: str, body: str | None = None) -> int:
+    def status(method: str, url: str) -> int:
         conn = UnixHTTP("docker", timeout=timeout)
         try:
-            conn.request(method, url, body=body, headers={"Content-Type": "application/json"})
+            conn.request(method, url)
             return conn.getresponse().status
         finally:
             conn.close()
 
     try:
-        ping, write = status("GET", "/_ping"), status("POST", "/containers/create", "{}")
+        ping, write = status("GET", "/_ping"), status("POST", "/containers/create")
     except OSError as exc:
         return [Finding("fail", "docker-readonly", f"{path} does not answer: {exc.strerror or exc}",
                         "docker service ps <stack>_docker-readonly (the service makes this socket)")]
