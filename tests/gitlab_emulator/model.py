@@ -165,6 +165,7 @@ class State:
     merge_requests: dict[int, dict[str, Any]] = field(default_factory=dict)
     notes: dict[int, dict[str, Any]] = field(default_factory=dict)
     pipelines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    deploy_tokens: dict[int, Any] = field(default_factory=dict)  # id -> deploy_tokens.DeployToken
     # Application settings. import_sources defaults to [] on instances created with 16.0+
     # (config/initializers/1_settings.rb `Settings.gitlab['import_sources'] ||= []`, MR gitlab-org/gitlab!118970).
     settings: dict[str, Any] = field(default_factory=lambda: {

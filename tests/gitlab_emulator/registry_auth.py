@@ -8,7 +8,14 @@ app/services/auth/container_registry_authentication_service.rb (service `contain
 issuer `omnibus-gitlab-issuer` in omnibus, `repository:<project path>/<image>:pull` granted to users
 who can read the project, the token's `access` lists only what was granted), and distribution's
 docs/spec/auth/jwt.md and registry/auth/token/token.go (RS256 with a `kid` that is the libtrust key ID
-of a key in `rootcertbundle`; `iss`, `aud`, `exp`, `nbf` checked)."""
+of a key in `rootcertbundle`; `iss`, `aud`, `exp`, `nbf` checked).
+
+Deploy tokens: lib/gitlab/auth.rb `deploy_token_check(login, password, project)` (DeployToken.active
+found by the password, the login must equal its username, abilities from its scopes: read_registry ->
+:read_container_image, write_registry -> :create_container_image); ContainerRegistryAuthenticationService
+grants `pull` to a deploy token only on projects it `has_access_to?` (its own project) with
+read_container_image, `push` only with create_container_image; doc/user/packages/container_registry/
+authenticate_with_container_registry.md (a deploy token with read_registry pulls)."""
 
 from __future__ import annotations
 
@@ -75,8 +82,10 @@ def jwt_auth(gl: GitLabEmulator, authorization: str | None, query: dict[str, Any
     except ValueError:
         return denied
     tok = gl.token_record(password)
-    user = gl.state.users.get(tok.user_id) if tok is not None else None
-    if tok is None or not tok.active() or user is None or not (set(tok.scopes) & REGISTRY_SCOPES) \
+    if tok is None:
+        return _deploy_token_auth(gl, login, password, query, denied)
+    user = gl.state.users.get(tok.user_id)
+    if not tok.active() or user is None or not (set(tok.scopes) & REGISTRY_SCOPES) \
             or user["username"].lower() != login.lower():
         return denied
     access = []
@@ -94,5 +103,31 @@ def jwt_auth(gl: GitLabEmulator, authorization: str | None, query: dict[str, Any
             access.append({"type": "repository", "name": name, "actions": granted})
     now = int(time.time())
     claims = {"iss": ISSUER, "sub": user["username"], "aud": str(query.get("service") or SERVICE), "iat": now,
+              "nbf": now - 5, "exp": now + 300, "jti": secrets.token_hex(16), "access": access}
+    return 200, {"token": gl.registry_signing_key().sign(claims)}
+
+
+def _deploy_token_auth(gl: GitLabEmulator, login: str, password: str, query: dict[str, Any],
+                       denied: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    from .deploy_tokens import find_by_value
+
+    tok = find_by_value(gl, password)
+    if tok is None or not login or login != tok.username:  # exact match, as deploy_token_check compares
+        return denied
+    may = {"pull": "read_registry" in tok.scopes, "push": "write_registry" in tok.scopes}
+    access = []
+    for scope in str(query.get("scope") or "").split():
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind != "repository" or not name:
+            continue
+        project = gl.project_by_ref(name.rpartition("/")[0]) or gl.project_by_ref(name)
+        if project is None or project["id"] != tok.project_id:
+            continue  # has_access_to?: only the token's own project
+        granted = [a for a in actions.split(",") if may.get(a)]
+        if granted:
+            access.append({"type": "repository", "name": name, "actions": granted})
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": tok.username, "aud": str(query.get("service") or SERVICE), "iat": now,
               "nbf": now - 5, "exp": now + 300, "jti": secrets.token_hex(16), "access": access}
     return 200, {"token": gl.registry_signing_key().sign(claims)}

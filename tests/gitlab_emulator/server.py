@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from . import ci, issues, keys, members, pipelines, projects, runners, settings, users
+from . import ci, deploy_tokens, issues, keys, members, pipelines, projects, runners, settings, users
 from .handler import RequestHandler
 from .model import Ctx, Handler, HTTPError, Request, Runner, State, Token, iso, member_level, now
 
 # Each route module contributes `routes(gl)`; a new endpoint family is a new module listed here.
-ROUTE_MODULES = [users, projects, ci, pipelines, runners, issues, keys, settings, members]
+ROUTE_MODULES = [users, projects, ci, pipelines, runners, issues, keys, settings, members, deploy_tokens]
 
 
 class GitLabEmulator:
@@ -43,7 +43,8 @@ class GitLabEmulator:
     runners (`POST /user/runners`, `GET /runners`, `/runners/all`, `GET|PUT|DELETE /runners/:id`,
     `POST /runners/verify`), project issues, merge requests and their notes, a branch
     (`GET /projects/:id/repository/branches/:name`), pipelines (`POST /projects/:id/pipeline`
-    checking the CI configuration `ci_config_path` names, `GET /projects/:id/pipelines[/:id]`). Outside the API:
+    checking the CI configuration `ci_config_path` names, `GET /projects/:id/pipelines[/:id]`), project deploy
+    tokens (`GET|POST /projects/:id/deploy_tokens`, `GET|DELETE /projects/:id/deploy_tokens/:id`). Outside the API:
     `/-/health`, `/-/liveness`, `/-/readiness[?all=1]`, the registry ping `/v2/`, and git smart
     HTTP (`git clone/push http://127.0.0.1:<port>/<group>/<project>.git`, password = a token).
 
