@@ -207,7 +207,7 @@ def register(main: click.Group) -> None:
 
     @gitlab_group.group("tokens")
     def tokens_group() -> None:
-        """Bot tokens: rotation with GitLab's rotate API."""
+        """Bot tokens (GitLab's rotate API) and project deploy tokens (new, stored, old revoked)."""
 
     @tokens_group.command("rotate")
     @click.argument("users", nargs=-1)
@@ -217,26 +217,42 @@ def register(main: click.Group) -> None:
     @friendly_errors
     def rotate_cmd(users: tuple[str, ...], site: str | None, root: str | None, url: str | None, token_env: str,
                    use_root_token: bool, yes: bool, fmt: str) -> None:
-        """Rotate the tokens of USERS (gitlab.yml keys; all bots with a token when none given).
+        """Rotate the tokens of USERS (gitlab.yml keys, or deploy token names; all when none given).
 
         The new value is stored (values file, docker secret, CI variable) before anything else;
         a rotation is never retried on its own."""
+        from bidsflux.gitlab.deploy_tokens import renew as renew_deploy_token
+        from bidsflux.gitlab.deploy_tokens import specs as deploy_specs
         from bidsflux.gitlab.objects import connect, desired
         from bidsflux.gitlab.tokens import rotate_token
 
         with session(site, root, url, token_env, use_root_token) as s:
             want = desired(s.gitlab_doc, s.site, {})
             bots = [u for u in want.users if u.token]
-            unknown = set(users) - {u.key for u in bots} - {u.username for u in bots}
+            deploy = deploy_specs(want)
+            unknown = set(users) - {u.key for u in bots} - {u.username for u in bots} - {t.key for t in deploy}
             if unknown:
-                raise UserError(f"no bot with a token named {', '.join(sorted(unknown))} in stack/gitlab.yml "
-                                f"(bots: {', '.join(u.key for u in bots)})")
+                raise UserError(f"no bot with a token or deploy token named {', '.join(sorted(unknown))} in "
+                                f"stack/gitlab.yml (bots: {', '.join(u.key for u in bots)}; deploy tokens: "
+                                f"{', '.join(t.key for t in deploy) or 'none'})")
             chosen = [u for u in bots if not users or u.key in users or u.username in users]
-            confirm_plan([f"  rotate {u.username}/{u.token.name if u.token else ''}" for u in chosen],
-                         f"{len(chosen)} token(s) are replaced; the old values stop working at once", yes)
+            chosen_deploy = [t for t in deploy if not users or t.key in users]
+            confirm_plan([f"  rotate {u.username}/{u.token.name if u.token else ''}" for u in chosen] +
+                         [f"  renew deploy token {t.project}:{t.key} (new token stored, then the old one revoked)"
+                          for t in chosen_deploy],
+                         f"{len(chosen) + len(chosen_deploy)} token(s) are replaced; the old values stop working at once",
+                         yes)
             gl = connect(s.url, s.token, site=s.site)
             store = _store(gl, s)
             done = []
+            for t in chosen_deploy:
+                if not store.values_file:
+                    raise UserError(f"deploy token {t.project}:{t.key}: no writable values file (site.yml secrets.file) "
+                                    "to store its value in; run this as root on the manager")
+                where = renew_deploy_token(gl, t, store.values_file)
+                done.append({"deploy_token": f"{t.project}:{t.key}", "stored_in": list(where)})
+                if fmt != "json":
+                    click.echo(f"renewed deploy token {t.project}:{t.key}; stored in: {', '.join(where)}")
             for u in chosen:
                 where = rotate_token(gl, u, store)
                 done.append({"user": u.username, "token": u.token.name if u.token else "", "stored_in": list(where)})

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 SCHEDULE_KINDS = ("schedule", "schedule_variable")
 # Apply order: settings and users first (tokens need them), groups before projects, projects
 # before their branches and schedules; token changes last.
-KINDS = ("setting", "user", "group", "group_member", "project", "protected_branch", "variable", "schedule", "schedule_variable", "token")
+KINDS = ("setting", "user", "group", "group_member", "project", "protected_branch", "variable", "schedule",
+         "schedule_variable", "token", "deploy_token")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Observed:
     protected: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # project -> branch -> levels
     variables: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     schedules: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # name -> attrs (+variables)
+    deploy_tokens: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # project:name -> active tokens
     import_sources: list[str] | None = None  # application setting, read only when an import is due
     unreadable: list[str] = field(default_factory=list)  # what a read-only (MR plan) token may not read
 
@@ -119,9 +121,9 @@ class ApplyContext:
 
 
 def _modules() -> list[Any]:
-    from bidsflux.gitlab import groups, projects, schedules, users, variables
+    from bidsflux.gitlab import deploy_tokens, groups, projects, schedules, users, variables
 
-    return [users, groups, projects, variables, schedules]
+    return [users, groups, projects, variables, schedules, deploy_tokens]
 
 
 def observe(gl: Any, want: Desired) -> Observed:

@@ -68,12 +68,23 @@ class ScheduleSpec:
 
 
 @dataclass
+class DeployTokenSpec:
+    key: str  # key under the project's deploy_tokens (also the token's name in GitLab)
+    project: str
+    scopes: list[str]
+    secret: str  # values-file key receiving the value (<secret>_username, <secret>_id beside it)
+    username: str | None = None  # GitLab's default: gitlab+deploy-token-<id>
+    expires_in_days: int | None = None  # None: no expiry (GitLab's default for deploy tokens)
+
+
+@dataclass
 class ProjectSpec:
     path: str
     mirror_from: str | None
     self_hosted: bool
     protected_branches: dict[str, dict[str, int]]
     settings: dict[str, Any]
+    deploy_tokens: list[DeployTokenSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +96,7 @@ class Desired:
     schedules: list[ScheduleSpec] = field(default_factory=list)
     members: dict[str, dict[str, int]] = field(default_factory=dict)  # group path -> username -> access level
     token_warn_days: int = 30
+    known_secrets: set[str] = field(default_factory=set)  # names (never values) the values file or env holds
 
     def secret_values(self) -> list[str]:
         return [v.value for v in self.variables if v.secret and v.value]
@@ -109,7 +121,8 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
     secret_values = secret_values or {}
     bots = site.get("bots") or {}
     email_domain = bots.get("email_domain", "localhost")
-    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_warn_days", 30)))
+    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_warn_days", 30)),
+                  known_secrets={k for k, v in secret_values.items() if v})
     for key, u in (gitlab_doc.get("users") or {}).items():
         username = str(bots.get(key, key))  # site.yml bots.<key> names the bot when present
         tok = u.get("token")
@@ -132,7 +145,10 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
             path=path, mirror_from=p.get("mirror_from"), self_hosted=bool(p.get("self", False)),
             protected_branches={b: {"push": ACCESS[v.get("push", "maintainer")], "merge": ACCESS[v.get("merge", "maintainer")]}
                                 for b, v in (p.get("protected_branches") or {}).items()},
-            settings=settings))
+            settings=settings,
+            deploy_tokens=[DeployTokenSpec(k, path, list(d["scopes"]), str(d["secret"]), d.get("username"),
+                                           int(d["expires_in_days"]) if d.get("expires_in_days") else None)
+                           for k, d in (p.get("deploy_tokens") or {}).items()]))
     for key, v in (gitlab_doc.get("variables") or {}).items():
         if "value" in v:
             value, secret = str(v["value"]), False

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +155,41 @@ def services_without_node(ctx: SwarmContext, console: Console) -> set[str]:
     return out
 
 
+# ---------------------------------------------------------------- registry credentials
+
+
+@contextmanager
+def pull_login(ctx: SwarmContext, console: Console) -> Iterator[None]:
+    """The Docker CLI logged in to the site registry with gitlab.yml's read_registry deploy token
+    (a private temporary DOCKER_CONFIG, removed after; ~/.docker is never written) when the stack
+    uses an image from it and the values file holds the token, so `--with-registry-auth` gives
+    the swarm a credential that outlives the deploy (rescheduled tasks pull with it). Otherwise
+    the deploy runs as before."""
+    import yaml
+
+    from bidsflux.gitlab.deploy_tokens import pull_logins
+    from bidsflux.images.dayzero import registry_login
+    from bidsflux.site.yamlsource import load
+    from bidsflux.swarm.secretstore import read_values_file
+
+    logins: dict[str, tuple[str, str]] = {}
+    try:
+        images = [str(s.get("image")) for s in (yaml.safe_load(ctx.rendered.to_yaml()).get("services") or {}).values()
+                  if isinstance(s, dict) and s.get("image")]
+        values = read_values_file(ctx.site["secrets"]["file"])
+        gitlab_doc = load(ctx.repo.gitlab_file, ctx.repo.root).data or {}
+        logins = pull_logins(gitlab_doc, ctx.site, images, values)
+    except (OSError, KeyError, AttributeError, UserError):
+        logins = {}  # no values file here, or no gitlab.yml: deploy as before
+    if not logins:
+        yield
+        return
+    registry, (user, token) = next(iter(logins.items()))
+    console.print(f"logged in to {registry} as {user} (deploy token) for this deploy", highlight=False, markup=False)
+    with registry_login(registry, user, token):
+        yield
+
+
 # ---------------------------------------------------------------- waiting with progress
 
 
@@ -195,7 +231,8 @@ def deploy_services(ctx: SwarmContext, plan: Plan, timeout: float, console: Cons
     outcomes: list[ServiceOutcome] = []
     if plan.service_changes:
         console.print(f"docker stack deploy --prune {ctx.stack} ({len(changed)} service(s) to create or update)")
-        stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
+        with pull_login(ctx, console):
+            stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
         outcomes = wait_with_progress(ctx, [n for n in changed if n not in unplaced], started, timeout, console)
     to_place = {n: r for n, r in moved.items() if n not in unplaced}
     if to_place:
