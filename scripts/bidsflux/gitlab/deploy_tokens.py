@@ -63,7 +63,7 @@ def diff(want: Desired, obs: Observed, plan: Plan) -> None:
         elif t.username and current.get("username") != t.username:
             add(Change("create", "deploy_token", name, {"username": {"from": current.get("username"), "to": t.username}},
                        reason="user name changed: a new token replaces the old one"))
-        elif want.known_secrets and t.secret not in want.known_secrets:
+        elif want.values_file_keys is not None and not {t.secret, f"{t.secret}_username"} <= want.values_file_keys:
             add(Change("rotate", "deploy_token", name, reason=f"its value is not in the values file ({t.secret})"))
         elif _days_left(current.get("expires_at")) <= want.token_warn_days:
             add(Change("rotate", "deploy_token", name, {"expires_at": {"from": current.get("expires_at"), "to": None}},

@@ -96,7 +96,9 @@ class Desired:
     schedules: list[ScheduleSpec] = field(default_factory=list)
     members: dict[str, dict[str, int]] = field(default_factory=dict)  # group path -> username -> access level
     token_warn_days: int = 30
-    known_secrets: set[str] = field(default_factory=set)  # names (never values) the values file or env holds
+    # Keys (never values) of the values file when it could be read here; None: not readable, so
+    # whether a deploy token's value is stored cannot be known and is not judged.
+    values_file_keys: set[str] | None = None
 
     def secret_values(self) -> list[str]:
         return [v.value for v in self.variables if v.secret and v.value]
@@ -121,8 +123,7 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
     secret_values = secret_values or {}
     bots = site.get("bots") or {}
     email_domain = bots.get("email_domain", "localhost")
-    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_warn_days", 30)),
-                  known_secrets={k for k, v in secret_values.items() if v})
+    out = Desired(token_warn_days=int((site.get("health") or {}).get("token_warn_days", 30)))
     for key, u in (gitlab_doc.get("users") or {}).items():
         username = str(bots.get(key, key))  # site.yml bots.<key> names the bot when present
         tok = u.get("token")
@@ -149,6 +150,8 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
             deploy_tokens=[DeployTokenSpec(k, path, list(d["scopes"]), str(d["secret"]), d.get("username"),
                                            int(d["expires_in_days"]) if d.get("expires_in_days") else None)
                            for k, d in (p.get("deploy_tokens") or {}).items()]))
+    if any(p.deploy_tokens for p in out.projects):
+        out.values_file_keys = _values_file_keys(site)
     for key, v in (gitlab_doc.get("variables") or {}).items():
         if "value" in v:
             value, secret = str(v["value"]), False
@@ -163,6 +166,16 @@ def desired(gitlab_doc: Mapping[str, Any], site: Mapping[str, Any],
     return out
 
 
+
+
+def _values_file_keys(site: Mapping[str, Any]) -> set[str] | None:
+    from bidsflux.swarm import secretstore
+
+    path = (site.get("secrets") or {}).get("file")
+    try:
+        return {k for k, v in secretstore.read_values_file(path).items() if v} if path else None
+    except (OSError, UserError):
+        return None
 
 
 def is_url(source: str | None) -> bool:
