@@ -239,11 +239,17 @@ def test_deploy_logs_in_with_the_deploy_token_and_the_swarm_pulls_the_private_im
             written = json.loads(Path(seen["config"], "config.json").read_text())
             assert Path(seen["config"], "config.json").stat().st_mode & 0o077 == 0
             stack_deploy(yaml.safe_dump(compose), stack)
+        # Bootstrap's image step deploys with the same token once day zero stored it (else its admin token).
+        from bidsflux.images.dayzero import pull_credential
+
+        assert pull_credential(gitlab_doc, site, image, ("root", "admin")) == (user_and_token := (
+            values["registry_pull_token_username"], values["registry_pull_token"]))
+        assert pull_credential(gitlab_doc, site, foreign, ("root", "admin")) == ("root", "admin")
         # The private folder is gone and the user's own Docker config was not touched.
         assert not Path(seen["config"]).exists() and os.environ.get("DOCKER_CONFIG") != seen["config"]
         assert (home_cfg.read_bytes() if home_cfg.exists() else None) == home_before
         user, _, secret = base64.b64decode(written["auths"][registry.address]["auth"]).decode().partition(":")
-        assert (user, secret) == (values["registry_pull_token_username"], values["registry_pull_token"])
+        assert (user, secret) == user_and_token
 
         # The swarm pulled the private image with the credential the deploy handed it.
         state, tasks = first_task_state(f"{stack}_app")

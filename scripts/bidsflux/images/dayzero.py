@@ -192,12 +192,26 @@ def registry_login(registry: str, user: str, token: str) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def pull_credential(gitlab_doc: Any, site: Any, image: str, fallback: tuple[str, str]) -> tuple[str, str]:
+    """gitlab.yml's read_registry deploy token for `image` when the values file holds it (day zero
+    made it), so the swarm keeps a credential that outlives this step; else `fallback`."""
+    from bidsflux.gitlab.deploy_tokens import pull_logins
+    from bidsflux.swarm.secretstore import read_values_file
+
+    try:
+        values = read_values_file(site["secrets"]["file"])
+    except (OSError, KeyError, UserError):
+        return fallback
+    return next(iter(pull_logins(gitlab_doc, site, [image], values).values()), fallback)
+
+
 def run(ctx: Any, console: Console, container: Any = None, timeout: float | None = None,
         interval: float = 5.0, then: Callable[[], Any] | None = None) -> ImageResult:
     """Bootstrap's image step: its own short-lived admin token (minted in the GitLab task, revoked at
     the end), the build if needed, the pin, and the push of the pinned site.yml to the self project.
-    `then` (the endpoint's deploy) runs while the token is valid and the Docker CLI is logged in to
-    the registry with it, so the swarm's first pull of the image is authorised."""
+    `then` (the endpoint's deploy) runs with the Docker CLI logged in to the registry with gitlab.yml's
+    read_registry deploy token when day zero stored one (a credential the swarm keeps), else with
+    this step's token while it is valid, so the swarm's first pull of the image is authorised."""
     from bidsflux.gitlab.dayzero import gitlab_url, push_repository
     from bidsflux.gitlab.objects import connect, desired, load_config, scrub
     from bidsflux.gitlab.root_token import find_gitlab_container, root_token
@@ -222,7 +236,8 @@ def run(ctx: Any, console: Console, container: Any = None, timeout: float | None
             if then is not None:
                 found = built_project(site, gitlab_doc, endpoint_image_key(site))
                 assert found is not None
-                with registry_login(found[0].registry, "root", token.value):
+                user, secret = pull_credential(gitlab_doc, site, str(found[0]), ("root", token.value))
+                with registry_login(found[0].registry, user, secret):
                     result.then = then()
             return result
     except UserError as exc:
