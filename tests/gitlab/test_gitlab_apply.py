@@ -93,6 +93,7 @@ def test_day_zero_creates_everything_then_second_apply_writes_nothing(gitlab_emu
 def test_deleted_objects_are_restored_and_plan_exit_codes(gitlab_emulator, site_repo) -> None:  # type: ignore[no-untyped-def]
     root, _ = site_repo
     env = env_for(gitlab_emulator)
+    (root / "state").mkdir(exist_ok=True)  # the values file's folder (the deploy token's value goes there)
     # Tokens that would go to a docker secret are out of this test's scope: keep it GitLab-only.
     gl_file = root / "stack" / "gitlab.yml"
     gl_file.write_text(gl_file.read_text().replace("      secret: dicom_bot_gitlab_token\n", ""))
