@@ -6,6 +6,7 @@ real `docker stack deploy` by bidsflux's deploy login, the daemon pulling the pr
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -173,7 +174,7 @@ def test_deploy_logs_in_with_the_deploy_token_and_the_swarm_pulls_the_private_im
 
     from bidsflux.gitlab.deploy_tokens import renew
     from bidsflux.gitlab.spec import DeployTokenSpec
-    from bidsflux.swarm.deploy import pull_login
+    from bidsflux.swarm.deploy import pull_login, refresh_credential
     from bidsflux.swarm.engine import stack_deploy
     from tls_registry import TlsRegistry
 
@@ -218,6 +219,16 @@ def test_deploy_logs_in_with_the_deploy_token_and_the_swarm_pulls_the_private_im
         ctx = SimpleNamespace(site=site, repo=SimpleNamespace(gitlab_file=tmp_path / "gitlab.yml", root=tmp_path),
                               rendered=SimpleNamespace(to_yaml=lambda: yaml.safe_dump(compose)))
         from rich.console import Console
+
+        def newest_state(name: str) -> str:
+            """The state of the service's newest task once it settled (running, rejected or failed)."""
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                tasks = sorted(swarm_client.services.get(name).tasks(), key=lambda task: task["CreatedAt"])
+                if tasks and tasks[-1]["Status"]["State"] in ("running", "rejected", "failed"):
+                    return str(tasks[-1]["Status"]["State"])
+                time.sleep(1)
+            return ""
 
         def first_task_state(name: str) -> tuple[str, Any]:
             deadline, tasks = time.monotonic() + 120, []
@@ -275,7 +286,32 @@ def test_deploy_logs_in_with_the_deploy_token_and_the_swarm_pulls_the_private_im
         renewed = read_values_file(values_file)
         assert pull_as(name, token, image).returncode != 0
         assert pull_as(renewed["registry_pull_token_username"], renewed["registry_pull_token"], image).returncode == 0
+        run("docker", "rmi", "-f", image)
+
+        # A renewed token reaches the running services at the next deploy, even with nothing else to
+        # change: a task rescheduled on a node without the image then pulls with the new token.
+        ctx.site["paths"] = {"state_dir": {"path": str(tmp_path)}}
+        ctx.stack = stack + "r"
+        out = io.StringIO()
+        console = Console(file=out, width=300)
+        assert refresh_credential(ctx, console)  # the first deploy that knows the token hands it over
+        assert newest_state(f"{ctx.stack}_app") == "running"
+        assert not refresh_credential(ctx, console)  # same token: nothing to do
+
+        def restart_without_image() -> str:
+            run("docker", "rmi", "-f", image)
+            assert run("docker", "service", "update", "--force", "--detach", f"{ctx.stack}_app").returncode == 0
+            return newest_state(f"{ctx.stack}_app")
+
+        renew(gl, spec, str(values_file))  # the token the services hold is deleted in GitLab
+        assert restart_without_image() == "rejected"
+        assert refresh_credential(ctx, console)
+        assert restart_without_image() == "running"
+        current = read_values_file(values_file)["registry_pull_token"]
+        assert current not in out.getvalue() and token not in out.getvalue()
+        assert "registry credential changed" in out.getvalue()
     finally:
+        run("docker", "stack", "rm", stack + "r")
         run("docker", "stack", "rm", stack)
         run("docker", "stack", "rm", stack + "n")
         for ref in (image, foreign):

@@ -159,12 +159,13 @@ def services_without_node(ctx: SwarmContext, console: Console) -> set[str]:
 
 
 @contextmanager
-def pull_login(ctx: SwarmContext, console: Console) -> Iterator[None]:
+def pull_login(ctx: SwarmContext, console: Console) -> Iterator[str | None]:
     """The Docker CLI logged in to the site registry with gitlab.yml's read_registry deploy token
     (a private temporary DOCKER_CONFIG, removed after; ~/.docker is never written) when the stack
     uses an image from it and the values file holds the token, so `--with-registry-auth` gives
     the swarm a credential that outlives the deploy (rescheduled tasks pull with it). Otherwise
-    the deploy runs as before."""
+    the deploy runs as before. Yields which credential it handed over (registry, user and token id:
+    no secret), or None."""
     import yaml
 
     from bidsflux.gitlab.deploy_tokens import pull_logins
@@ -182,12 +183,51 @@ def pull_login(ctx: SwarmContext, console: Console) -> Iterator[None]:
     except (OSError, KeyError, AttributeError, UserError):
         logins = {}  # no values file here, or no gitlab.yml: deploy as before
     if not logins:
-        yield
+        yield None
         return
     registry, (user, token) = next(iter(logins.items()))
+    token_id = next((values[k] for k in values if k.endswith("_id") and values.get(k[:-3]) == token), "")
     console.print(f"logged in to {registry} as {user} (deploy token) for this deploy", highlight=False, markup=False)
     with registry_login(registry, user, token):
-        yield
+        yield f"{registry} {user} {token_id}".strip()
+
+
+def _credential_marker(ctx: SwarmContext) -> Any:
+    from pathlib import Path
+
+    return Path(ctx.site["paths"]["state_dir"]["path"]) / f"registry-credential.{ctx.stack}"
+
+
+def remember_credential(ctx: SwarmContext, credential: str | None) -> None:
+    """Which pull credential the stack's services hold since this deploy (no secret: registry,
+    user name and token id), so that a renewed deploy token is handed over by the next deploy."""
+    if credential is None:
+        return
+    try:
+        _credential_marker(ctx).write_text(credential + "\n")
+    except (OSError, KeyError, TypeError):
+        pass  # no state folder here: the next deploy hands the credential over again
+
+
+def refresh_credential(ctx: SwarmContext, console: Console) -> bool:
+    """Nothing changed, but the deploy token was renewed since the services got theirs (the old one
+    is deleted in GitLab, so a task rescheduled on a node without the image could not pull it): a
+    `docker stack deploy --with-registry-auth` of the unchanged stack hands the new credential to
+    every service; the swarm restarts no task for it. True when it did so."""
+    try:
+        held = _credential_marker(ctx).read_text().strip()
+    except (OSError, KeyError, TypeError):
+        held = None
+    with pull_login(ctx, Console(quiet=True)) as credential:
+        if credential is None or credential == held:
+            return False
+        console.print(f"No changes, but the registry credential changed ({credential}): "
+                      f"docker stack deploy --with-registry-auth {ctx.stack} hands it to the services; no task restarts",
+                      highlight=False, markup=False)
+        stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
+    remember_credential(ctx, credential)
+    console.print("deploy finished")
+    return True
 
 
 # ---------------------------------------------------------------- waiting with progress
@@ -231,8 +271,9 @@ def deploy_services(ctx: SwarmContext, plan: Plan, timeout: float, console: Cons
     outcomes: list[ServiceOutcome] = []
     if plan.service_changes:
         console.print(f"docker stack deploy --prune {ctx.stack} ({len(changed)} service(s) to create or update)")
-        with pull_login(ctx, console):
+        with pull_login(ctx, console) as credential:
             stack_deploy(ctx.rendered.to_yaml(), ctx.stack)
+        remember_credential(ctx, credential)
         outcomes = wait_with_progress(ctx, [n for n in changed if n not in unplaced], started, timeout, console)
     to_place = {n: r for n, r in moved.items() if n not in unplaced}
     if to_place:
@@ -373,6 +414,8 @@ def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping
                allow_handoff: bool = True) -> int:
     env = dict(os.environ if env is None else env)
     plan = ctx.plan()
+    if plan.empty and refresh_credential(ctx, console):
+        return 0
     if plan.empty:
         console.print("No changes. Nothing was deployed; no task was restarted.")
         for w in plan.warnings:
