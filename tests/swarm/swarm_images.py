@@ -98,6 +98,10 @@ exec wget -q -O /dev/null "http://127.0.0.1:$port/"
 HANDOFF = """#!/bin/sh
 echo "handoff job: bidsflux $*"
 grep -q '^services:' /handoff/bidsflux.stack.yml || { echo "no rendered stack file" >&2; exit 3; }
+# Which registries its Docker CLI is logged in to (names only), when it was given a config.
+if [ -n "$DOCKER_CONFIG" ]; then
+  echo "handoff job: logged in to $(sed -n 's/.*"auths": *{"\\([^"]*\\)".*/\\1/p' "$DOCKER_CONFIG/config.json")"
+fi
 exit {code}
 """
 

@@ -227,6 +227,30 @@ def test_ci_deploy_that_would_restart_its_runner_is_handed_off(site_backup: Site
         path.write_text(saved)
 
 
+def test_hand_off_job_deploys_with_the_pull_login_and_leaves_no_secret(site_backup: SiteUnderTest, docker_client: Any,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the login the job's `docker stack deploy --with-registry-auth` would hand the
+    # services an empty credential for the site registry (the site-built image could not be pulled).
+    import io
+    import uuid
+
+    from rich.console import Console
+
+    from bidsflux.images.dayzero import registry_login
+    from bidsflux.swarm.deploy import docker_config, launch_handoff, load_context, poll_handoff
+
+    ctx = load_context(str(site_backup.site_file), None)
+    token = "gldt-" + uuid.uuid4().hex
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # the login below is the only one
+    with registry_login("registry.bfx.test:5050", "gitlab+deploy-token-7", token):
+        name = launch_handoff(ctx, [f"{ctx.stack}_gitlab-runner"], site_backup.images["handoff-ok"], 60, docker_config())
+    out = io.StringIO()
+    assert poll_handoff(ctx, name, 180, Console(file=out, width=300)) == 0, out.getvalue()
+    assert "handoff job: logged in to registry.bfx.test:5050" in out.getvalue()
+    assert token not in out.getvalue()
+    assert not [s for s in docker_client.secrets.list() if s.name == name]  # removed with the job
+
+
 def test_bad_input_gives_the_fix_not_a_traceback(fresh_site: SiteUnderTest, no_docker_env: dict[str, str]) -> None:
     result = fresh_site.run("bootstrap", "--yes", "--skip-gitlab")
     assert result.exit_code == 1

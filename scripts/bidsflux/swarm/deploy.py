@@ -39,6 +39,7 @@ from bidsflux.swarm.secretstore import create_secret, docker_client, generate_va
 
 HANDOFF_LABEL = "io.bidsflux.handoff"
 HANDOFF_FILE = "/handoff/bidsflux.stack.yml"
+HANDOFF_DOCKER_CONFIG = "/run/bidsflux-docker"  # the job's DOCKER_CONFIG when it carries the pull login
 
 
 @dataclass
@@ -323,9 +324,19 @@ def handoff_image(env: Mapping[str, str]) -> str:
     return image
 
 
-def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: float) -> str:
+def docker_config() -> bytes:
+    """The Docker CLI's config.json as the current login (pull_login) left it."""
+    from pathlib import Path
+
+    return (Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json").read_bytes()
+
+
+def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: float,
+                   registry_config: bytes | None = None) -> str:
     """A one-shot replicated-job service on a manager that runs the deploy from the rendered file;
-    it keeps running when the CI job (and its runner) are restarted by that very deploy."""
+    it keeps running when the CI job (and its runner) are restarted by that very deploy. With
+    `registry_config` (a Docker config.json holding the pull login), the job's CLI reads it from a
+    swarm secret removed with the job."""
     from docker.errors import APIError
 
     stamp = time.strftime("%Y%m%d%H%M%S") + f"{int(time.time() * 1000) % 1000:03d}"
@@ -333,7 +344,8 @@ def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: 
     labels = {HANDOFF_LABEL: ctx.stack, "io.bidsflux.managed": "true"}
     config = ctx.client.configs.create(name=name, data=ctx.rendered.to_yaml().encode(), labels=labels)
     try:
-        _create_job(ctx, name, image, services, timeout, labels, config.id)
+        secret = ctx.client.secrets.create(name=name, data=registry_config, labels=labels) if registry_config else None
+        _create_job(ctx, name, image, services, timeout, labels, config.id, secret.id if secret else None)
     except APIError as exc:
         cleanup_handoff(ctx.client, name)
         raise UserError(f"cannot start the hand-off job with image {image}: {exc.explanation or exc}") from None
@@ -341,9 +353,13 @@ def launch_handoff(ctx: SwarmContext, services: list[str], image: str, timeout: 
 
 
 def _create_job(ctx: SwarmContext, name: str, image: str, services: list[str], timeout: float,
-                labels: dict[str, str], config_id: str) -> None:
-    from docker.types import ConfigReference, RestartPolicy, ServiceMode
+                labels: dict[str, str], config_id: str, secret_id: str | None = None) -> None:
+    from docker.types import ConfigReference, RestartPolicy, SecretReference, ServiceMode
 
+    login: dict[str, Any] = {}
+    if secret_id:
+        login = {"secrets": [SecretReference(secret_id, name, filename=f"{HANDOFF_DOCKER_CONFIG}/config.json", mode=0o400)],
+                 "env": [f"DOCKER_CONFIG={HANDOFF_DOCKER_CONFIG}"]}
     ctx.client.services.create(
         image,
         command=["bidsflux", "swarm", "apply-rendered", "--stack", ctx.stack, "--file", HANDOFF_FILE,
@@ -355,6 +371,7 @@ def _create_job(ctx: SwarmContext, name: str, image: str, services: list[str], t
         mounts=["/var/run/docker.sock:/var/run/docker.sock:rw"],
         constraints=["node.role == manager"],
         configs=[ConfigReference(config_id, name, filename=HANDOFF_FILE)],
+        **login,
     )
 
 
@@ -387,7 +404,8 @@ def poll_handoff(ctx: SwarmContext, name: str, timeout: float, console: Console)
 def cleanup_handoff(client: Any, name: str) -> None:
     from docker.errors import NotFound
 
-    for remove in (lambda: client.api.remove_service(name), lambda: client.configs.get(name).remove()):
+    for remove in (lambda: client.api.remove_service(name), lambda: client.configs.get(name).remove(),
+                   lambda: client.secrets.get(name).remove()):
         try:
             remove()
         except NotFound:
@@ -432,10 +450,16 @@ def run_deploy(ctx: SwarmContext, console: Console, timeout: float, env: Mapping
             console.print(line)
         ctx.rerender()
         updated = sorted(c.name for c in plan.service_changes if c.action in ("create", "update"))
-        name = launch_handoff(ctx, updated, image, timeout)
+        # The job's `--with-registry-auth` must hand over the deploy token too: a stack deploy from
+        # a CLI without it would give the services an empty credential for the site registry.
+        with pull_login(ctx, console) as credential:
+            name = launch_handoff(ctx, updated, image, timeout, docker_config() if credential else None)
         console.print(f"this deploy updates {', '.join(at_risk)}, which runs this CI job: handed off to the "
                       f"swarm job {name}, which outlives the job; polling it")
-        return poll_handoff(ctx, name, timeout + 120, console)
+        code = poll_handoff(ctx, name, timeout + 120, console)
+        if code == 0:
+            remember_credential(ctx, credential)
+        return code
     for line in apply_prerequisites(ctx, plan, console):
         console.print(line)
     ctx.rerender()
