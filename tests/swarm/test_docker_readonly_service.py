@@ -196,6 +196,16 @@ def test_a_job_that_came_first_does_not_block_the_socket(deployed_site: SiteUnde
     finally:
         scale(1)
     _wait_socket(sock)
+    # The task counts as running once its healthcheck passed (swarm: "starting" until then); the
+    # session's site is left converged for the tests after this one.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tasks = docker_client.api.tasks(filters={"service": service.id, "desired-state": "running"})
+        if any(t["Status"]["State"] == "running" for t in tasks):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"{service.name} did not run again: {tasks}")
     import docker
 
     assert docker.DockerClient(base_url=f"unix://{sock}", timeout=30).api.ping()
