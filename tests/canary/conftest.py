@@ -1,9 +1,10 @@
 """The data path for the canary tests, all real programs but GitLab's API: DCMTK storescp in the
-dicom_indexer stand-in image (tests/dicom_indexer/image), started with the command, environment and
-secret files the stack template renders; the GitLab emulator behind Caddy (HTTPS) with OpenSSH +
-git-shell for pushes (tests/gitlab_emulator/sshd); SeaweedFS's S3 behind the same Caddy. The
-containers share a Docker network the test makes; only their DICOM and S3 ports are published,
-on 127.0.0.1. That one "site box" plays the data node (HTTPS and SSH on one address): the endpoint
+dicom_indexer stand-in image (tests/dicom_indexer/image), deployed with `docker stack deploy` as the
+swarm service the stack template renders (command, environment, extra_hosts, swarm secrets); the
+GitLab emulator behind Caddy (HTTPS) with OpenSSH + git-shell for pushes
+(tests/gitlab_emulator/sshd); SeaweedFS's S3 behind the same Caddy. The site box and the endpoint's
+task share an attachable overlay network the test makes; only the DICOM and S3 ports are
+published (the S3 port on 127.0.0.1). That one "site box" plays the data node (HTTPS and SSH on one address): the endpoint
 finds it only through the rendered extra_hosts, not through a network alias (tests/swarm/
 test_swarm_indexer_reach.py shows host-gateway reaching the real proxy and sshd on a node)."""
 
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from seaweed import free_port
 from support import REPO_ROOT, build_folder_image, copy_repository, dcmtk, require
 
 BASE_IMAGE = "bidsflux-test/debian:bookworm"
@@ -109,7 +111,7 @@ class World:
     s3_keys: tuple[str, str]
     s3_url: str
     tmp: Path
-    endpoint_containers: list[Any]
+    endpoint_stacks: list[str]
     node_ip: str  # where the site box answers: the data node's address in this test
 
     def env(self, dicom_port: int, s3_secret: str | None = None) -> dict[str, str]:
@@ -119,48 +121,79 @@ class World:
                 "BIDSFLUX_SECRET_S3_SECRET": s3_secret or self.s3_keys[1]}
 
     def start_endpoint(self, s3_secret: str | None = None) -> tuple[Any, int]:
-        """The dicom_endpoint service as the stack template renders it, run as a container (no IPVS
-        here for a swarm service's published port): same image contract, command, environment, secrets."""
+        """The dicom_endpoint service as the stack template renders it, deployed with `docker stack
+        deploy` as a swarm task: the rendered command (its `$$` as the CLI passes it), environment,
+        extra_hosts and secrets (swarm secrets here). Test values only where the site differs: the
+        image (the indexer stand-in), the published port (a free one, host mode), the names mapped
+        to the site box instead of host-gateway, the incoming folder. The previous endpoint goes."""
         from bidsflux.site.render import render_stack
         from bidsflux.site.yamlsource import load
+        from bidsflux.swarm.engine import stack_deploy
 
+        self.stop_endpoints()
         site = load(self.repo / "stack/site.yml", self.repo)
-        svc = render_stack(site.data, load(self.repo / "stack/bidsflux.stack.yml", self.repo)).data["services"]["dicom_endpoint"]
-        command = [c.replace("$$", "$") for c in svc["command"]]  # what docker stack deploy passes
-        secrets = self.tmp / f"secrets-{uuid.uuid4().hex[:6]}"
-        secrets.mkdir()
+        svc = dict(render_stack(site.data, load(self.repo / "stack/bidsflux.stack.yml", self.repo)).data["services"]["dicom_endpoint"])
+        stack = f"bfxdp{uuid.uuid4().hex[:8]}"
+        incoming = self.tmp / f"{stack}-incoming"
+        incoming.mkdir()
         values = {"dicom_bot_gitlab_token": self.token, "s3_id": self.s3_keys[0], "s3_secret": s3_secret or self.s3_keys[1],
                   # The site CA the TLS proxy work hands every client (stack secret tls_ca_bundle).
                   "tls_ca_bundle": (self.bundle.parent / "ca.crt").read_text()}
-        volumes = {str(self.bundle): {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"},
-                   str(secrets / "incoming"): {"bind": "/data/incoming", "mode": "rw"}}
-        (secrets / "incoming").mkdir()
+        secrets = {}
         for ref in svc["secrets"]:
-            (secrets / ref["source"]).write_text(values[ref["source"]])
-            volumes[str(secrets / ref["source"])] = {"bind": f"/run/secrets/{ref['target']}", "mode": "ro"}
+            name = f"{stack}_{ref['source']}"
+            self.client.secrets.create(name=name, data=values[ref["source"]].encode(), labels={"bfx-dp": stack})
+            secrets[ref["source"]] = {"external": True, "name": name}
         port = int(svc["ports"][0]["target"])
+        published = free_port()
         # The rendered extra_hosts: every name the indexer dials at the node's address
         # (host-gateway). Here the site box is that node: it serves HTTPS and SSH on one address,
         # and it carries no network alias, so a name missing from extra_hosts fails the canary.
         mapped = dict(entry.split(":", 1) for entry in svc["extra_hosts"])
         assert set(mapped.values()) == {"host-gateway"}, mapped
-        container = self.client.containers.run(
-            self.indexer_image, command, detach=True, name=f"bfx-dp-endpoint-{uuid.uuid4().hex[:8]}",
-            environment=svc["environment"], volumes=volumes, network=self.network,
-            extra_hosts={name: self.node_ip for name in mapped},
-            ports={f"{port}/tcp": ("127.0.0.1", None)})
-        self.endpoint_containers.append(container)
-        container.reload()
-        published = int(container.ports[f"{port}/tcp"][0]["HostPort"])
-        deadline = time.monotonic() + 60
+        svc.update(
+            image=self.indexer_image,
+            extra_hosts=[f"{name}:{self.node_ip}" for name in mapped],
+            ports=[{"target": port, "published": published, "protocol": "tcp", "mode": "host"}],
+            volumes=[{"type": "bind", "source": str(self.bundle), "target": "/etc/ssl/certs/ca-certificates.crt", "read_only": True},
+                     {"type": "bind", "source": str(incoming), "target": "/data/incoming"}],
+            networks=["dp"],
+            deploy={**svc["deploy"], "restart_policy": {"condition": "none"}})  # a stopped endpoint stays down
+        compose = {"services": {"dicom_endpoint": svc}, "networks": {"dp": {"external": True, "name": self.network}},
+                   "secrets": secrets}
+        self.endpoint_stacks.append(stack)
+        stack_deploy(yaml.safe_dump(compose, sort_keys=False), stack)
+        deadline = time.monotonic() + 90
+        container = None
         while time.monotonic() < deadline:
-            container.reload()
-            assert container.status == "running", container.logs().decode(errors="replace")[-3000:]
-            if subprocess.run([dcmtk("echoscu"), "-to", "2", "-aec", site.data["dicom_endpoint"]["ae_title"], "127.0.0.1",
-                               str(published)], capture_output=True).returncode == 0:
-                return container, published
+            found = self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={stack}_dicom_endpoint"})
+            if found:
+                container = found[0]
+                assert container.status in ("created", "running"), container.logs().decode(errors="replace")[-3000:]
+                if container.status == "running" and subprocess.run(
+                        [dcmtk("echoscu"), "-to", "2", "-aec", site.data["dicom_endpoint"]["ae_title"], "127.0.0.1",
+                         str(published)], capture_output=True).returncode == 0:
+                    return container, published
             time.sleep(0.5)
-        raise AssertionError("storescp did not answer C-ECHO: " + container.logs().decode(errors="replace")[-3000:])
+        tasks = self.client.api.tasks(filters={"service": f"{stack}_dicom_endpoint"})
+        raise AssertionError("storescp did not answer C-ECHO: " + (container.logs().decode(errors="replace")[-3000:]
+                                                                    if container else str([t["Status"] for t in tasks])))
+
+    def stop_endpoints(self) -> None:
+        """Remove the endpoint stacks and their secrets (a secret goes once no task uses it)."""
+        for stack in self.endpoint_stacks:
+            subprocess.run(["docker", "stack", "rm", stack], capture_output=True, timeout=60)
+        deadline = time.monotonic() + 60
+        for stack in self.endpoint_stacks:
+            while time.monotonic() < deadline and self.client.containers.list(
+                    all=True, filters={"label": f"com.docker.stack.namespace={stack}"}):
+                time.sleep(0.5)
+            for secret in self.client.secrets.list(filters={"label": f"bfx-dp={stack}"}):
+                try:
+                    secret.remove()
+                except Exception:  # noqa: BLE001, S110 - a task still holds it: removed with the network below
+                    pass
+        self.endpoint_stacks.clear()
 
 
 def _site_repo(dest: Path) -> Path:
@@ -209,9 +242,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     emulator.create_user("dicom_bot")
     token = emulator.create_token("dicom_bot", ["api"], name="dicom-indexer")
     network = f"bfx-dp-{uuid.uuid4().hex[:8]}"
-    client.networks.create(network, driver="bridge")
+    client.networks.create(network, driver="overlay", attachable=True)
     containers: list[Any] = []
-    endpoints: list[Any] = []
+    endpoints: list[str] = []
+    world: World | None = None
     try:
         start = ("ssh-keygen -A >/dev/null && /usr/sbin/sshd -E /tmp/sshd.log && "
                  "(weed server -dir=/tmp -ip=127.0.0.1 -ip.bind=0.0.0.0 -s3 -s3.port=8333 -s3.config=/certs/s3.json "
@@ -240,10 +274,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # What `bidsflux s3 apply` does on a site: the dataset bucket exists before the indexer runs.
         boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=s3_keys[0], aws_secret_access_key=s3_keys[1],
                      region_name="us-east-1").create_bucket(Bucket="dicoms")
-        yield World(client, emulator, network, _site_repo(tmp / "repo"), images["dicom-indexer"], bundle, token,
-                    s3_keys, s3_url, tmp, endpoints, node_ip)
+        world = World(client, emulator, network, _site_repo(tmp / "repo"), images["dicom-indexer"], bundle, token,
+                      s3_keys, s3_url, tmp, endpoints, node_ip)
+        yield world
     finally:
-        for c in [*endpoints, *containers]:
+        if world is not None:
+            world.stop_endpoints()
+        for c in containers:
             try:
                 c.remove(force=True)
             except Exception:  # noqa: BLE001, S110 - already gone
