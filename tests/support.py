@@ -122,6 +122,35 @@ def edit_yaml(path: Path, fn: Any) -> Path:
     return path
 
 
+def ensure_debian_base(client: Any, base: str = DEBIAN_BASE) -> str:
+    """The local Debian base (tests/images/debian-base.sh builds it once, with mmdebstrap)."""
+    try:
+        client.images.get(base)
+    except Exception:  # noqa: BLE001 - not built yet on this machine
+        proc = subprocess.run([str(REPO_ROOT / "tests/images/debian-base.sh"), base],
+                              capture_output=True, text=True, timeout=900)
+        require(proc.returncode == 0, f"cannot build {base}: {proc.stderr[-500:]}")
+    return base
+
+
+def build_dockerfile_image(client: Any, repo: str, dockerfile: str, base: str = DEBIAN_BASE) -> str:
+    """<repo>:<hash of the base image and `dockerfile`>, built from that text with the build arg
+    BASE_IMAGE=base (its `FROM ${BASE_IMAGE}`): a second run builds nothing."""
+    import tempfile
+
+    base = ensure_debian_base(client, base)
+    tag = f"{repo}:{hashlib.sha256((client.images.get(base).id + dockerfile).encode()).hexdigest()[:16]}"
+    try:
+        client.images.get(tag)
+        return tag
+    except Exception:  # noqa: BLE001 - not built yet
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "Dockerfile").write_text(dockerfile)
+        client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, buildargs={"BASE_IMAGE": base})
+    return tag
+
+
 def build_folder_image(client: Any, name: str, folder: Path, base: str = DEBIAN_BASE) -> str:
     """bidsflux-test/<name>:<hash of `folder` and the base image>: a second run builds nothing."""
     require(any(t == base for i in client.images.list() for t in i.tags), f"{base} is missing (tests/images/debian-base.sh)")

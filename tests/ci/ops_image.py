@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from support import REPO_ROOT, require
+from support import REPO_ROOT, build_dockerfile_image, ensure_debian_base
 
 BASE_IMAGE = "bidsflux-test/debian:bookworm"
 OPS_REPO = "bidsflux-test/ops"
@@ -24,14 +23,7 @@ OPS_INPUTS = ["Dockerfile", ".dockerignore", "pyproject.toml", "scripts/bidsflux
 
 
 def ensure_base(client: Any) -> str:
-    """The local Debian base (tests/images/debian-base.sh builds it once, with mmdebstrap)."""
-    try:
-        client.images.get(BASE_IMAGE)
-    except Exception:  # noqa: BLE001 - not built yet on this machine
-        proc = subprocess.run([str(REPO_ROOT / "tests/images/debian-base.sh"), BASE_IMAGE],
-                              capture_output=True, text=True, timeout=900)
-        require(proc.returncode == 0, f"cannot build {BASE_IMAGE}: {proc.stderr[-500:]}")
-    return BASE_IMAGE
+    return ensure_debian_base(client, BASE_IMAGE)
 
 
 def _files(source: Path) -> list[Path]:
@@ -115,15 +107,4 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends rsync >
 
 def build_helper_image(client: Any) -> str:
     """The helper image gitlab-ci-local's docker executor uses (its default comes from Docker Hub)."""
-    base = ensure_base(client)
-    digest = hashlib.sha256((client.images.get(base).id + HELPER_DOCKERFILE).encode()).hexdigest()[:16]
-    tag = f"{HELPER_REPO}:{digest}"
-    try:
-        client.images.get(tag)
-        return tag
-    except Exception:  # noqa: BLE001
-        pass
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "Dockerfile").write_text(HELPER_DOCKERFILE)
-        client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, buildargs={"BASE_IMAGE": base})
-    return tag
+    return build_dockerfile_image(client, HELPER_REPO, HELPER_DOCKERFILE, BASE_IMAGE)

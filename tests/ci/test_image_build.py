@@ -10,11 +10,9 @@ RUN step), so no base image has to be pulled and the build takes seconds."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from gcl import GIT, PREDEFINED_OVERRIDES, gitlab_ci_local
-from ops_image import build_helper_image, ensure_base
+from ops_image import build_helper_image
 
-from support import REPO_ROOT, cli, require
+from support import REPO_ROOT, build_dockerfile_image, cli, require
 from tls_registry import USER, TlsRegistry
 
 pytestmark = pytest.mark.integration
@@ -44,18 +42,7 @@ ENTRYPOINT ["sh", "/entrypoint.sh"]
 """
 def buildah_image(client: Any) -> str:
     """Debian bookworm + buildah (1.28), tagged by the hash of its inputs: built once per machine."""
-    base = ensure_base(client)
-    digest = hashlib.sha256((client.images.get(base).id + BUILDAH_DOCKERFILE).encode()).hexdigest()[:16]
-    tag = f"{BUILDAH_REPO}:{digest}"
-    try:
-        client.images.get(tag)
-        return tag
-    except Exception:  # noqa: BLE001 - not built yet
-        pass
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "Dockerfile").write_text(BUILDAH_DOCKERFILE)
-        client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, buildargs={"BASE_IMAGE": base})
-    return tag
+    return build_dockerfile_image(client, BUILDAH_REPO, BUILDAH_DOCKERFILE)
 
 
 @pytest.fixture(scope="module")

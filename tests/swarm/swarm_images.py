@@ -169,8 +169,8 @@ def build(client: Any, role: str) -> str:
 # on the local Debian base. Like the image it reads /usr/local/etc/haproxy/haproxy.cfg; wget stands
 # in for the alpine image's busybox wget the healthcheck uses. curl (not in the real image) lets a
 # test run a job-like container against the socket.
-DEBIAN_BASE = "bidsflux-test/debian:bookworm"
-HAPROXY_DOCKERFILE = f"""FROM {DEBIAN_BASE}
+HAPROXY_DOCKERFILE = """ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy wget curl >/dev/null \\
  && rm -rf /var/lib/apt/lists/* && mkdir -p /usr/local/etc/haproxy
 """
@@ -178,23 +178,9 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
 
 def build_haproxy(client: Any) -> str:
     """The Debian haproxy stand-in for images.haproxy, tagged by its inputs (built once)."""
-    import subprocess
+    from support import build_dockerfile_image
 
-    try:
-        base_id = client.images.get(DEBIAN_BASE).id
-    except Exception:  # noqa: BLE001 - not built yet on this machine
-        subprocess.run([str(REPO_ROOT / "tests/images/debian-base.sh"), DEBIAN_BASE], check=True, timeout=900)
-        base_id = client.images.get(DEBIAN_BASE).id
-    tag = f"{PREFIX}haproxy:{hashlib.sha256((base_id + HAPROXY_DOCKERFILE).encode()).hexdigest()[:12]}"
-    try:
-        client.images.get(tag)
-        return tag
-    except Exception:  # noqa: BLE001 - not built yet
-        pass
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "Dockerfile").write_text(HAPROXY_DOCKERFILE)
-        client.images.build(path=tmp, tag=tag, rm=True, forcerm=True)
-    return tag
+    return build_dockerfile_image(client, f"{PREFIX}haproxy", HAPROXY_DOCKERFILE)
 
 
 def build_all(client: Any) -> dict[str, str]:
