@@ -60,3 +60,17 @@ def clip(text: str, limit: int = 300) -> str:
 
 def to_json(diagnostics: Iterable[Diagnostic]) -> str:
     return json.dumps([asdict(d) for d in diagnostics], indent=2)
+
+
+def seconds_from_env(name: str, default: float, value: float | None = None) -> float:
+    """A timeout given on the command line (`value`), else from environment variable `name`, else
+    `default`; a value that is not a number is the user's mistake, said as such."""
+    if value is not None:
+        return value
+    import os
+
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise UserError(f"{name}={raw!r} is not a number of seconds") from None

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bidsflux.diagnostics import UserError, clip
+from bidsflux.diagnostics import UserError, clip, seconds_from_env
 from bidsflux.gitlab.objects import (
     KINDS,
     SCHEDULE_KINDS,
@@ -49,13 +49,7 @@ def gitlab_url(site: dict[str, Any]) -> str:
 
 
 def ready_timeout(value: float | None = None) -> float:
-    if value is not None:
-        return value
-    raw = os.environ.get(READY_TIMEOUT_ENV)
-    try:
-        return float(raw) if raw else DEFAULT_READY_TIMEOUT
-    except ValueError:
-        raise UserError(f"{READY_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    return seconds_from_env(READY_TIMEOUT_ENV, DEFAULT_READY_TIMEOUT, value)
 
 
 def _probe(url: str) -> tuple[bool, str]:

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bidsflux.diagnostics import UserError
+from bidsflux.diagnostics import UserError, seconds_from_env
 from bidsflux.images.pin import Pin, commit, resolve, write
 from bidsflux.images.registry import Credentials, ImageRef, Registry, parse
 
@@ -56,13 +56,7 @@ def held_services(site: Mapping[str, Any], gitlab_doc: Mapping[str, Any], live: 
 
 
 def build_timeout(value: float | None = None) -> float:
-    if value is not None:
-        return value
-    raw = os.environ.get(BUILD_TIMEOUT_ENV)
-    try:
-        return float(raw) if raw else DEFAULT_BUILD_TIMEOUT
-    except ValueError:
-        raise UserError(f"{BUILD_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    return seconds_from_env(BUILD_TIMEOUT_ENV, DEFAULT_BUILD_TIMEOUT, value)
 
 
 @dataclass
