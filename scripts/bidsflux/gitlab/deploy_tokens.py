@@ -15,6 +15,7 @@ from bidsflux.diagnostics import UserError, clip
 from bidsflux.gitlab.client import scrub
 from bidsflux.gitlab.reconcile import UNREADABLE, ApplyContext, Change, Observed, Plan, readonly_guard
 from bidsflux.gitlab.spec import DeployTokenSpec, Desired, utc_today
+from bidsflux.gitlab.users import days_left
 
 KINDS = ("deploy_token",)
 
@@ -38,12 +39,6 @@ def observe(gl: Any, want: Desired, obs: Observed) -> None:
             obs.deploy_tokens[label(t)] = [x.asdict() for x in listed if x.name == t.key]
 
 
-def _days_left(expires_at: str | None) -> float:
-    if not expires_at:
-        return float("inf")
-    return (dt.date.fromisoformat(expires_at[:10]) - utc_today()).days
-
-
 def diff(want: Desired, obs: Observed, plan: Plan) -> None:
     add = plan.changes.append
     for t in specs(want):
@@ -65,7 +60,7 @@ def diff(want: Desired, obs: Observed, plan: Plan) -> None:
                        reason="user name changed: a new token replaces the old one"))
         elif want.values_file_keys is not None and not {t.secret, f"{t.secret}_username"} <= want.values_file_keys:
             add(Change("rotate", "deploy_token", name, reason=f"its value is not in the values file ({t.secret})"))
-        elif _days_left(current.get("expires_at")) <= want.token_warn_days:
+        elif days_left(current.get("expires_at")) <= want.token_warn_days:
             add(Change("rotate", "deploy_token", name, {"expires_at": {"from": current.get("expires_at"), "to": None}},
                        reason=f"expires within {want.token_warn_days} days"))
 

@@ -24,7 +24,8 @@ def observe(gl: Any, want: Desired, obs: Observed) -> None:
     # Token variables are observed with the other instance variables (variables.py).
 
 
-def _days_left(expires_at: str | None) -> float:
+def days_left(expires_at: str | None) -> float:
+    """Whole days until a token's `expires_at` (GitLab's UTC date); infinite when it never expires."""
     if not expires_at:
         return float("inf")
     return (dt.date.fromisoformat(expires_at[:10]) - utc_today()).days
@@ -56,7 +57,7 @@ def diff(want: Desired, obs: Observed, plan: Plan) -> None:
             add(Change("create", "token", label, {"scopes": {"from": sorted(current.get("scopes") or []),
                                                              "to": sorted(u.token.scopes)}},
                        reason="scopes changed: a new token replaces the old one"))
-        elif _days_left(current.get("expires_at")) <= want.token_warn_days:
+        elif days_left(current.get("expires_at")) <= want.token_warn_days:
             add(Change("rotate", "token", label, {"expires_at": {"from": current.get("expires_at"), "to": None}},
                        reason=f"expires within {want.token_warn_days} days"))
         elif u.token.variable and u.token.variable in obs.variables and obs.variables[u.token.variable] is None:
