@@ -25,6 +25,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .model import member_level
@@ -89,20 +90,30 @@ def jwt_auth(gl: GitLabEmulator, authorization: str | None, query: dict[str, Any
             or user["username"].lower() != login.lower():
         return denied
     access = []
+    for name, actions, project in _requested(gl, query):
+        level = member_level(gl, project, user) if project is not None else 0
+        granted = [a for a in actions if (a == "pull" and (level >= 20 or (project or {}).get("visibility")
+                                                           != "private")) or (a == "push" and level >= 30)]
+        if project is not None and granted:
+            access.append({"type": "repository", "name": name, "actions": granted})
+    return _token(gl, user["username"], query, access)
+
+
+def _requested(gl: GitLabEmulator, query: dict[str, Any]) -> Iterator[tuple[str, list[str], dict[str, Any] | None]]:
+    """The repository scopes a client asks for (`scope=repository:<path>:pull,push`, space separated),
+    each with its project: the path's parent, or the path itself for an image at a project's root."""
     for scope in str(query.get("scope") or "").split():
         kind, _, rest = scope.partition(":")
         name, _, actions = rest.rpartition(":")
         if kind != "repository" or not name:
             continue
-        project_path = name.rpartition("/")[0]
-        project = gl.project_by_ref(project_path) or gl.project_by_ref(name)
-        level = member_level(gl, project, user) if project is not None else 0
-        granted = [a for a in actions.split(",") if (a == "pull" and (level >= 20 or (project or {}).get("visibility")
-                                                                     != "private")) or (a == "push" and level >= 30)]
-        if project is not None and granted:
-            access.append({"type": "repository", "name": name, "actions": granted})
+        yield name, actions.split(","), gl.project_by_ref(name.rpartition("/")[0]) or gl.project_by_ref(name)
+
+
+def _token(gl: GitLabEmulator, subject: str, query: dict[str, Any], access: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """The registry token the registry verifies with GitLab's signing key: valid for 5 minutes."""
     now = int(time.time())
-    claims = {"iss": ISSUER, "sub": user["username"], "aud": str(query.get("service") or SERVICE), "iat": now,
+    claims = {"iss": ISSUER, "sub": subject, "aud": str(query.get("service") or SERVICE), "iat": now,
               "nbf": now - 5, "exp": now + 300, "jti": secrets.token_hex(16), "access": access}
     return 200, {"token": gl.registry_signing_key().sign(claims)}
 
@@ -116,18 +127,10 @@ def _deploy_token_auth(gl: GitLabEmulator, login: str, password: str, query: dic
         return denied
     may = {"pull": "read_registry" in tok.scopes, "push": "write_registry" in tok.scopes}
     access = []
-    for scope in str(query.get("scope") or "").split():
-        kind, _, rest = scope.partition(":")
-        name, _, actions = rest.rpartition(":")
-        if kind != "repository" or not name:
-            continue
-        project = gl.project_by_ref(name.rpartition("/")[0]) or gl.project_by_ref(name)
+    for name, actions, project in _requested(gl, query):
         if project is None or project["id"] != tok.project_id:
             continue  # has_access_to?: only the token's own project
-        granted = [a for a in actions.split(",") if may.get(a)]
+        granted = [a for a in actions if may.get(a)]
         if granted:
             access.append({"type": "repository", "name": name, "actions": granted})
-    now = int(time.time())
-    claims = {"iss": ISSUER, "sub": tok.username, "aud": str(query.get("service") or SERVICE), "iat": now,
-              "nbf": now - 5, "exp": now + 300, "jti": secrets.token_hex(16), "access": access}
-    return 200, {"token": gl.registry_signing_key().sign(claims)}
+    return _token(gl, tok.username, query, access)
